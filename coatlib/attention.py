@@ -1,0 +1,194 @@
+"""Self-attention (the paper's Eq. 2) and relative attention (Eq. 3).
+
+``MultiHeadAttention`` is plain multi-head self-attention over tokens with an
+optional additive bias; ViT and Swin use it. ``RelativeAttention`` adds the
+CoAtNet bias: one learnable scalar per head per 2-D offset ``i - j``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from coatlib.layers import pair
+
+
+def num_heads_for(dim: int, head_dim: int) -> int:
+    """Heads = width / head size; a clear error when the head size does not divide the width."""
+    if dim % head_dim != 0:
+        raise ValueError(
+            f"attention head size {head_dim} does not divide the width {dim}: "
+            f"choose a head size that divides {dim} (e.g. {_divisor_near(dim, head_dim)}) or a width that is a multiple of {head_dim}"
+        )
+    return dim // head_dim
+
+
+def _divisor_near(n: int, d: int) -> int:
+    return min((k for k in range(1, n + 1) if n % k == 0), key=lambda k: abs(k - d))
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention, Eq. 2: ``y_i = sum_j softmax_j(q_i . k_j / sqrt(d) + b_ij) v_j``.
+
+    Tokens come in as ``(B, N, dim)`` and leave as ``(B, N, dim_out)``. ``bias``
+    (broadcastable to ``(B, heads, N, N)``) is added to the logits before the
+    softmax and goes to the fused ``scaled_dot_product_attention`` as its
+    ``attn_mask``. Set ``fused = False`` to run the explicit
+    matmul-softmax-matmul path instead (the two agree to float precision).
+    """
+
+    def __init__(self, dim: int, dim_out: int | None = None, head_dim: int = 32, qkv_bias: bool = True):
+        super().__init__()
+        dim_out = dim_out or dim
+        self.num_heads = num_heads_for(dim_out, head_dim)
+        self.head_dim = head_dim
+        self.scale = head_dim**-0.5
+        self.fused = True
+        self.qkv = nn.Linear(dim, 3 * dim_out, bias=qkv_bias)
+        self.proj = nn.Linear(dim_out, dim_out)
+
+    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(B, N, dim) -> q, k, v`` each ``(B, heads, N, head_dim)``."""
+        B, N, _ = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return qkv.unbind(0)
+
+    def logits(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``q k^T / sqrt(d) + bias``: the scores that the softmax turns into weights."""
+        s = (q * self.scale) @ k.transpose(-2, -1)
+        return s if bias is None else s + bias
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self.qkv_heads(x)
+        if bias is not None:
+            bias = bias.to(q.dtype)
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        else:
+            out = self.logits(q, k, bias).softmax(-1) @ v
+        return self.proj(out.transpose(1, 2).flatten(2))
+
+
+def relative_position_index(height: int, width: int) -> torch.Tensor:
+    """``(N, N)`` index into a flattened ``(2H-1) x (2W-1)`` table, ``N = H*W``.
+
+    Entry ``[i, j]`` is the table cell of the 2-D offset ``pos(i) - pos(j)``:
+    ``(dy + H - 1) * (2W - 1) + (dx + W - 1)``. The row stride is ``2W - 1``
+    (not ``W``), so every distinct offset has its own cell.
+    """
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    pos = torch.stack([ys.flatten(), xs.flatten()])  # (2, N)
+    dy, dx = pos[:, :, None] - pos[:, None, :]  # each (N, N)
+    return (dy + height - 1) * (2 * width - 1) + (dx + width - 1)
+
+
+class RelativeAttention(MultiHeadAttention):
+    """Relative attention over an ``H x W`` map, CoAtNet Eq. 3.
+
+    Each head has a table ``w`` of ``(2H-1)(2W-1)`` learnable scalars, one per
+    2-D offset, and the attention from position ``i`` to position ``j`` is
+
+    * ``softmax="pre"`` (the paper's choice): ``A_ij = softmax_j(q_i.k_j / sqrt(d) + w_{i-j})``
+    * ``softmax="post"``: ``A_ij = softmax_j(q_i.k_j / sqrt(d)) + w_{i-j}``
+
+    The input is a channels-last map ``(B, H, W, dim)``; the output is
+    ``(B, H, W, dim_out)``. The pre-softmax form runs through the fused
+    ``scaled_dot_product_attention`` with the bias as ``attn_mask``.
+
+    In eval mode without gradients the expanded bias ``(heads, N, N)`` is
+    cached; the cache is dropped whenever the table changes (optimizer step,
+    ``load_state_dict``, resizing). A checkpoint whose tables were made for
+    another map size is resized on load with bilinear interpolation, as the
+    paper does when fine-tuning at 384.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int | None = None,
+        head_dim: int = 32,
+        map_size: int | tuple[int, int] = 7,
+        softmax: str = "pre",
+        qkv_bias: bool = True,
+    ):
+        super().__init__(dim, dim_out, head_dim, qkv_bias)
+        if softmax not in ("pre", "post"):
+            raise ValueError(f"softmax must be 'pre' or 'post', got {softmax!r}")
+        self.softmax = softmax
+        self.map_size = pair(map_size)
+        H, W = self.map_size
+        self.relative_bias_table = nn.Parameter(torch.zeros(self.num_heads, 2 * H - 1, 2 * W - 1))
+        nn.init.trunc_normal_(self.relative_bias_table, std=0.02)
+        self.register_buffer("relative_index", relative_position_index(H, W), persistent=False)
+        self._cache: tuple[tuple, torch.Tensor] | None = None
+
+    def relative_bias(self) -> torch.Tensor:
+        """The bias ``w_{i-j}`` expanded from the table: ``(heads, N, N)``, ``N = H*W``."""
+        table = self.relative_bias_table
+        use_cache = not self.training and not torch.compiler.is_compiling() and not (
+            torch.is_grad_enabled() and table.requires_grad
+        )
+        if not use_cache:
+            return self._expand(table)
+        key = (id(table), table._version, table.device, table.dtype)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._expand(table).detach())
+        return self._cache[1]
+
+    def _expand(self, table: torch.Tensor) -> torch.Tensor:
+        return table.flatten(1)[:, self.relative_index]
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The matrix that multiplies the values, ``(B, heads, N, N)`` (for "post": softmax + bias)."""
+        q, k, _ = self.qkv_heads(self._tokens(x))
+        bias = self.relative_bias().to(q.dtype)
+        if self.softmax == "pre":
+            return self.logits(q, k, bias).softmax(-1)
+        return self.logits(q, k, None).softmax(-1) + bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, _ = x.shape
+        tokens = self._tokens(x)
+        if self.softmax == "pre":
+            out = super().forward(tokens, self.relative_bias())
+        else:
+            q, k, v = self.qkv_heads(tokens)
+            a = self.logits(q, k, None).softmax(-1) + self.relative_bias().to(q.dtype)
+            out = self.proj((a @ v).transpose(1, 2).flatten(2))
+        return out.view(B, H, W, -1)
+
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or tuple(x.shape[1:3]) != self.map_size:
+            raise ValueError(
+                f"RelativeAttention was built for a {self.map_size[0]}x{self.map_size[1]} map (channels-last "
+                f"(B, H, W, C)) but got shape {tuple(x.shape)}: build it with map_size=(H, W) or call resize_bias_table()"
+            )
+        return x.flatten(1, 2)
+
+    def resize_bias_table(self, map_size: int | tuple[int, int]) -> None:
+        """Resize the table to a new ``H' x W'`` map by bilinear interpolation (fine-tuning at 384)."""
+        H, W = pair(map_size)
+        with torch.no_grad():
+            table = resize_table(self.relative_bias_table.data, (2 * H - 1, 2 * W - 1))
+        self.relative_bias_table = nn.Parameter(table, requires_grad=self.relative_bias_table.requires_grad)
+        self.map_size = (H, W)
+        self.relative_index = relative_position_index(H, W).to(self.relative_index.device)
+        self._cache = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "relative_bias_table"
+        if key in state_dict and state_dict[key].shape != self.relative_bias_table.shape:
+            state_dict[key] = resize_table(state_dict[key], tuple(self.relative_bias_table.shape[1:]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, head_dim={self.head_dim}, map_size={self.map_size}, softmax={self.softmax!r}"
+
+
+def resize_table(table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resize a ``(heads, h, w)`` bias table to ``(heads, *size)``."""
+    if tuple(table.shape[1:]) == tuple(size):
+        return table
+    out = F.interpolate(table[None].float(), size=size, mode="bilinear", align_corners=True)
+    return out[0].to(table.dtype)

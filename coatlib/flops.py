@@ -1,0 +1,46 @@
+"""Model summaries (torchinfo) and compute counts (``torch.utils.flop_counter``)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from coatlib.layers import pair
+
+
+def _example_input(model: nn.Module, image_size, batch_size: int = 1) -> torch.Tensor:
+    p = next(model.parameters())
+    in_chans = getattr(model, "in_chans", 3)
+    return torch.zeros(batch_size, in_chans, *pair(image_size), device=p.device, dtype=p.dtype)
+
+
+def count_flops(model: nn.Module, image_size: int | tuple[int, int] = 224, batch_size: int = 1) -> int:
+    """Multiply-accumulates (MACs) of one forward pass, the unit the CoAtNet and
+    EfficientNet papers call "FLOPs".
+
+    ``FlopCounterMode`` counts 2 FLOPs per multiply-add (matmuls, convolutions
+    and fused attention), so the total is halved. Elementwise ops are not
+    counted, as in the papers. Works on the ``meta`` device, so very large
+    models cost no memory.
+    """
+    x = _example_input(model, image_size, batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def summary(model: nn.Module, image_size: int | tuple[int, int] = 224, depth: int = 2, **kwargs):
+    """A layer-by-layer table (``torchinfo.summary``) for one image of ``image_size``."""
+    from torchinfo import summary as _summary
+
+    return _summary(model, input_data=_example_input(model, image_size), depth=depth, verbose=0, **kwargs)

@@ -1,0 +1,223 @@
+"""Convolutional building blocks shared by every model family.
+
+The blocks here are the vocabulary of the book: a depthwise convolution (the
+paper's Eq. 1), squeeze-excitation, the inverted bottleneck MBConv, the
+feed-forward network of a Transformer, the two-conv stem S0 and stochastic
+depth. CoAtNet uses them in their pre-activation form; the zoo (MobileNet,
+EfficientNet, ...) uses the same modules in post-activation form.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+Layer = Callable[..., nn.Module]
+
+
+def pair(x: int | tuple[int, int]) -> tuple[int, int]:
+    """``7 -> (7, 7)``; tuples pass through."""
+    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): drop a residual branch per sample.
+
+    During training each sample's branch is zeroed with probability ``p`` and
+    the survivors are scaled by ``1/(1-p)``; in eval mode it is the identity.
+    """
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class DepthwiseConv(nn.Conv2d):
+    """Depthwise convolution, the paper's Eq. 1: ``y_i = sum_{j in L(i)} w_{i-j} * x_j``.
+
+    One ``k x k`` kernel per channel (``groups = channels``): each output channel
+    is a weighted sum over the local neighbourhood of the same input channel.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, stride: int = 1, bias: bool = False):
+        super().__init__(channels, channels, kernel_size, stride, padding=kernel_size // 2, groups=channels, bias=bias)
+
+
+class ConvNormAct(nn.Sequential):
+    """``Conv2d -> norm -> activation``, the unit of every convolutional network.
+
+    ``groups=in_chs`` (with ``in_chs == out_chs``) makes it a depthwise conv.
+    Pass ``norm_layer=None`` or ``act_layer=None`` to leave either out.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        norm_layer: Layer | None = nn.BatchNorm2d,
+        act_layer: Layer | None = nn.ReLU,
+        bias: bool | None = None,
+    ):
+        bias = norm_layer is None if bias is None else bias
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=bias)
+        ]
+        if norm_layer is not None:
+            layers.append(norm_layer(out_chs))
+        if act_layer is not None:
+            layers.append(act_layer())
+        super().__init__(*layers)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018), as used by EfficientNet and CoAtNet.
+
+    ``s = gate(fc2(act(fc1(mean_hw(x)))))`` and the output is ``x * s``: a
+    per-channel weight computed from the whole image.
+    """
+
+    def __init__(
+        self, channels: int, rd_channels: int, act_layer: Layer = nn.GELU, gate_layer: Layer = nn.Sigmoid
+    ):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, rd_channels, 1)
+        self.act = act_layer()
+        self.fc2 = nn.Conv2d(rd_channels, channels, 1)
+        self.gate = gate_layer()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        return x * self.gate(self.fc2(self.act(self.fc1(s))))
+
+
+class MBConv(nn.Module):
+    """Mobile inverted bottleneck (MobileNetV2) with squeeze-excitation (EfficientNet).
+
+    ``expand`` (1x1 conv to ``mid_chs``) -> ``dw`` (k x k depthwise conv) ->
+    ``se`` -> ``project`` (1x1 conv back to ``out_chs``).
+
+    Two residual forms:
+
+    * ``pre_norm=True``, CoAtNet (appendix A.1, Eq. 5):
+      ``x <- Proj(Pool(x)) + Project(SE(DW(Expand(BN(x)))))``; the project conv
+      has a bias and no norm, and the shortcut is pooled and projected when the
+      shape changes.
+    * ``pre_norm=False``, MobileNetV2 / EfficientNet: BatchNorm after every conv,
+      an identity shortcut only when the shape is unchanged.
+
+    ``stride_on`` chooses where a stride-2 block down-samples: ``"expand"`` (the
+    first 1x1 conv, the CoAtNet paper's Eq. 5) or ``"dw"`` (the depthwise conv,
+    the paper's Table 9 alternative and the MobileNet/EfficientNet choice).
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        mid_chs: int,
+        stride: int = 1,
+        kernel_size: int = 3,
+        se_chs: int = 0,
+        act_layer: Layer = nn.GELU,
+        se_act_layer: Layer | None = None,
+        norm_layer: Layer = nn.BatchNorm2d,
+        pre_norm: bool = True,
+        stride_on: str = "expand",
+        pool: str = "max",
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        if stride_on not in ("expand", "dw"):
+            raise ValueError(f"stride_on must be 'expand' or 'dw', got {stride_on!r}")
+        s_expand, s_dw = (stride, 1) if stride_on == "expand" else (1, stride)
+        post_norm = None if pre_norm else norm_layer
+        self.pre_norm = pre_norm
+        self.norm = norm_layer(in_chs) if pre_norm else nn.Identity()
+        if mid_chs != in_chs:
+            self.expand = ConvNormAct(in_chs, mid_chs, 1, s_expand, norm_layer=norm_layer, act_layer=act_layer)
+        else:  # expansion ratio 1 (first EfficientNet stage): no expand conv
+            if s_expand != 1:
+                raise ValueError("a block without an expand conv must put its stride on the depthwise conv")
+            self.expand = nn.Identity()
+        self.dw = ConvNormAct(mid_chs, mid_chs, kernel_size, s_dw, groups=mid_chs, norm_layer=norm_layer, act_layer=act_layer)
+        self.se = SqueezeExcite(mid_chs, se_chs, se_act_layer or act_layer) if se_chs > 0 else nn.Identity()
+        self.project = ConvNormAct(mid_chs, out_chs, 1, norm_layer=post_norm, act_layer=None)
+        self.drop_path = DropPath(drop_path)
+
+        self.has_shortcut = pre_norm or (stride == 1 and in_chs == out_chs)
+        self.shortcut = nn.Identity()
+        if pre_norm and (stride != 1 or in_chs != out_chs):
+            self.shortcut = Downsample(in_chs, out_chs, stride, pool)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.se(self.dw(self.expand(self.norm(x)))))
+        if not self.has_shortcut:
+            return y
+        return self.shortcut(x) + self.drop_path(y)
+
+
+class Downsample(nn.Sequential):
+    """The shortcut of a down-sampling block: ``Proj(Pool(x))`` (CoAtNet appendix A.1).
+
+    ``Pool`` is a 2x2 stride-2 pooling (max in the paper), ``Proj`` a 1x1 conv
+    with bias. Either is left out when it is not needed.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 2, pool: str = "max"):
+        layers: list[nn.Module] = []
+        if stride != 1:
+            layers.append(make_pool(pool, stride))
+        if in_chs != out_chs:
+            layers.append(nn.Conv2d(in_chs, out_chs, 1))
+        super().__init__(*layers)
+
+
+def make_pool(kind: str, stride: int = 2) -> nn.Module:
+    """``stride x stride`` max or average pooling with no padding."""
+    if kind == "max":
+        return nn.MaxPool2d(stride, stride)
+    if kind == "avg":
+        return nn.AvgPool2d(stride, stride)
+    raise ValueError(f"pool must be 'max' or 'avg', got {kind!r}")
+
+
+class Mlp(nn.Module):
+    """The Transformer feed-forward network: ``fc2(act(fc1(x)))``, hidden width ``ratio * dim``."""
+
+    def __init__(self, dim: int, hidden: int, out_dim: int | None = None, act_layer: Layer = nn.GELU, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = act_layer()
+        self.drop = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, out_dim or dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class ConvStem(nn.Sequential):
+    """CoAtNet's stage S0: conv3x3 stride 2 -> BN -> GELU -> conv3x3 (section 3.3).
+
+    The second conv has a bias and no norm: the first S1 block normalises its
+    input (pre-activation).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, act_layer: Layer = nn.GELU):
+        super().__init__(
+            ConvNormAct(in_chs, out_chs, 3, 2, act_layer=act_layer),
+            nn.Conv2d(out_chs, out_chs, 3, 1, padding=1),
+        )

@@ -1,0 +1,59 @@
+"""One registry for every model in coatlib.
+
+A model family registers a builder per name with ``@register_model``; users
+build with ``create_model(name, ...)`` and browse with ``list_models()``.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from typing import Callable
+
+import torch.nn as nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None):
+    """Decorator: register ``fn`` under ``name`` (default: the function's name)."""
+
+    def wrap(f):
+        key = name or f.__name__
+        if key in _REGISTRY:
+            raise ValueError(f"model {key!r} is registered twice")
+        _REGISTRY[key] = f
+        return f
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def _load_families() -> None:
+    # Importing the model package runs every family's @register_model.
+    import coatlib.models  # noqa: F401
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Sorted names of the registered models, optionally filtered by a glob pattern."""
+    _load_families()
+    names = sorted(_REGISTRY)
+    if pattern is not None:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return names
+
+
+def create_model(
+    name: str, num_classes: int = 1000, image_size: int | tuple[int, int] = 224, in_chans: int = 3, **overrides
+) -> nn.Module:
+    """Build a registered model.
+
+    ``overrides`` reach the family's constructor (e.g. ``layout="C-T-T-T"`` for
+    CoAtNet, ``drop_path_rate=0.1``).
+    """
+    _load_families()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=5, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown model {name!r}.{hint} coatlib.list_models() lists all {len(_REGISTRY)} models."
+        )
+    return _REGISTRY[name](num_classes=num_classes, image_size=image_size, in_chans=in_chans, **overrides)
