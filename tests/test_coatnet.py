@@ -1,0 +1,261 @@
+"""The CoAtNet family: paper parameter counts and MACs, layouts, sizes, devices and errors."""
+import pytest
+import torch
+
+import coatlib
+from coatlib.flops import count_params
+from coatlib.layers import MBConv
+from coatlib.models.coatnet import CoAtNet, TransformerBlock
+
+
+def meta_model(name, **kw):
+    with torch.device("meta"):
+        return coatlib.create_model(name, **kw)
+
+
+# paper Table 3 / Table 14: parameter counts and the allowed relative difference
+PAPER_PARAMS = [
+    ("coatnet_0", 25e6, 0.01),
+    ("coatnet_1", 42e6, 0.01),
+    ("coatnet_2", 75e6, 0.01),
+    ("coatnet_3", 168e6, 0.01),
+    ("coatnet_4", 275e6, 0.01),
+    ("coatnet_5", 688e6, 0.02),
+    ("coatnet_6", 1.47e9, 0.10),  # the table's L/D give 1.35B, see the CoAtNet docstring
+    ("coatnet_7", 2.44e9, 0.10),
+]
+
+
+@pytest.mark.parametrize("name,target,tol", PAPER_PARAMS)
+def test_paper_parameter_counts(name, target, tol):
+    n = count_params(meta_model(name))
+    assert abs(n - target) / target < tol, f"{name}: {n / 1e6:.2f}M vs paper {target / 1e6:.0f}M"
+
+
+PAPER_MACS = [  # (name, image size, paper GMACs)
+    ("coatnet_0", 224, 4.2), ("coatnet_1", 224, 8.4), ("coatnet_2", 224, 15.7), ("coatnet_3", 224, 34.7),
+    ("coatnet_0", 384, 13.4), ("coatnet_1", 384, 27.4), ("coatnet_2", 384, 49.8), ("coatnet_3", 384, 107.4),
+    ("coatnet_4", 384, 189.5),
+]
+
+
+@pytest.mark.parametrize("name,size,gmacs", PAPER_MACS)
+def test_paper_macs(name, size, gmacs):
+    macs = coatlib.count_flops(meta_model(name, image_size=size), size) / 1e9
+    assert abs(macs - gmacs) / gmacs < 0.10, f"{name}@{size}: {macs:.2f}G vs paper {gmacs}G"
+
+
+@pytest.mark.parametrize("name,gmacs", [("coatnet_0", 4.6), ("coatnet_1", 8.8), ("coatnet_2", 16.6)])
+def test_stride_2_depthwise_variant_macs_and_same_params(name, gmacs):
+    dw = meta_model(name, downsample="dw")
+    assert abs(coatlib.count_flops(dw, 224) / 1e9 - gmacs) / gmacs < 0.10
+    assert count_params(dw) == count_params(meta_model(name))
+
+
+def test_config_structure_coatnet_0():
+    m = meta_model("coatnet_0")
+    stages = dict(m.stages())
+    assert [len(b) for b in stages.values()] == [2, 3, 5, 2]
+    assert [b.kind for b in stages["s1"] + stages["s2"]] == ["C"] * 5
+    assert [b.kind for b in stages["s3"] + stages["s4"]] == ["T"] * 7
+    heads = [b.attn.num_heads for b in stages["s3"] + stages["s4"]]
+    assert heads == [12] * 5 + [24] * 2  # head size 32: heads = D / 32
+
+
+@pytest.mark.parametrize("name,head_dim", [("coatnet_5", 64), ("coatnet_6", 128), ("coatnet_7", 128)])
+def test_large_models_head_size(name, head_dim):
+    m = meta_model(name)
+    assert {b.attn.head_dim for b in m.blocks if b.kind == "T"} == {head_dim}
+
+
+@pytest.mark.parametrize("name,conv_width,tfm_width", [("coatnet_6", 768, 1536), ("coatnet_7", 1024, 2048)])
+def test_split_s3(name, conv_width, tfm_width):
+    s3 = dict(meta_model(name).stages())["s3"]
+    assert [b.kind for b in s3] == ["C"] * 8 + ["T"] * 42
+    assert s3[0].project[0].out_channels == conv_width
+    assert s3[8].attn.proj.out_features == tfm_width
+
+
+def test_mbconv_expansion_and_se_widths():
+    block = meta_model("coatnet_0").blocks[2]  # first S2 block: 96 -> 192
+    assert isinstance(block, MBConv)
+    assert block.expand[0].out_channels == 4 * 192
+    assert block.se.fc1.out_channels == 192 // 4
+
+
+@pytest.mark.parametrize("name", [n for n in coatlib.list_models("coatnet_*") if "pico" in n or "nano" in n])
+def test_small_models_forward_backward(name):
+    size = 64 if "vitrel" not in name else 48
+    torch.manual_seed(0)
+    m = coatlib.create_model(name, num_classes=7, image_size=size)
+    out = m(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 7)
+    out.sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+@pytest.mark.parametrize("name", [f"coatnet_{i}" for i in range(8)])
+def test_paper_models_forward_backward_on_meta(name):
+    m = meta_model(name, num_classes=10)
+    out = m(torch.randn(2, 3, 224, 224, device="meta"))
+    assert out.shape == (2, 10)
+    out.sum().backward()
+
+
+def test_coatnet_0_runs_on_cpu_at_small_resolution():
+    m = coatlib.create_model("coatnet_0", num_classes=5, image_size=64)
+    out = m(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 5) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("layout", ["C-C-C-C", "C-C-C-T", "C-C-T-T", "C-T-T-T"])
+def test_layouts_choose_block_types(layout):
+    m = coatlib.create_model("coatnet_pico", layout=layout, image_size=64)
+    kinds = [blocks[0].kind for _, blocks in m.stages()]
+    assert "-".join(kinds) == layout
+
+
+def test_vit_rel_is_patch_stem_and_transformers():
+    m = coatlib.create_model("coatnet_0", layout="ViT-Rel", image_size=224)
+    assert isinstance(m.stem, torch.nn.Conv2d) and m.stem.stride == (16, 16)
+    assert all(isinstance(b, TransformerBlock) for b in m.blocks)
+    assert m.blocks[0].attn.map_size == (14, 14)
+    assert abs(count_params(m) - count_params(meta_model("coatnet_0"))) / 25e6 < 0.25  # similar size
+
+
+@pytest.mark.parametrize("size", [(64, 96), (96, 64), (128, 128)])
+def test_any_multiple_of_32_square_or_not(size):
+    m = coatlib.create_model("coatnet_pico", num_classes=3, image_size=size)
+    assert m(torch.randn(1, 3, *size)).shape == (1, 3)
+    assert m.blocks[-1].attn.map_size == (size[0] // 32, size[1] // 32)
+
+
+def test_checkpoint_at_224_loads_into_384_model():
+    torch.manual_seed(0)
+    small = coatlib.create_model("coatnet_pico", image_size=64)
+    big = coatlib.create_model("coatnet_pico", image_size=128)
+    big.load_state_dict(small.state_dict())
+    table = big.blocks[-1].attn.relative_bias_table
+    assert table.shape[1:] == (2 * 4 - 1, 2 * 4 - 1)
+    assert torch.isfinite(big(torch.randn(1, 3, 128, 128))).all()
+
+
+def test_set_image_size_resizes_tables():
+    m = coatlib.create_model("coatnet_pico", image_size=64)
+    m.set_image_size(96)
+    assert m.blocks[-1].attn.map_size == (3, 3)
+    assert m(torch.randn(1, 3, 96, 96)).shape == (1, 1000)
+
+
+def test_drop_path_off_by_default_and_active_when_asked():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 64, 64)
+    m = coatlib.create_model("coatnet_pico", image_size=64).train()
+    torch.manual_seed(1)
+    a = m(x)
+    torch.manual_seed(2)
+    assert torch.allclose(a, m(x), atol=1e-6)  # no randomness in train mode by default
+    m2 = coatlib.create_model("coatnet_pico", image_size=64, drop_path_rate=0.5).train()
+    assert m2.blocks[-1].drop_path.p == 0.5 and m2.blocks[0].drop_path.p == 0.0
+
+
+def test_post_softmax_option_reaches_every_block():
+    m = coatlib.create_model("coatnet_pico", image_size=64, softmax="post")
+    assert {b.attn.softmax for b in m.blocks if b.kind == "T"} == {"post"}
+
+
+def test_autocast_bf16_cpu_has_no_nan():
+    torch.manual_seed(0)
+    m = coatlib.create_model("coatnet_pico", num_classes=10, image_size=64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(torch.randn(2, 3, 64, 64))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_eval_no_grad_matches_train_forward():
+    """The cached eval-mode bias gives the same output as the uncached path."""
+    torch.manual_seed(0)
+    m = coatlib.create_model("coatnet_pico", image_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with_grad = m(x)
+    with torch.no_grad():
+        m(x)
+        cached = m(x)
+    assert torch.allclose(with_grad, cached, atol=1e-6)
+
+
+devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", devices)
+def test_device_follows_the_input(device):
+    m = coatlib.create_model("coatnet_pico", num_classes=4, image_size=64).to(device)
+    out = m(torch.randn(2, 3, 64, 64, device=device))
+    assert out.device.type == device
+    out.sum().backward()
+
+
+def test_torch_compile_small_coatnet():
+    torch.manual_seed(0)
+    m = coatlib.create_model("coatnet_pico", num_classes=4, image_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    compiled = torch.compile(m)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), m(x), atol=1e-4)
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+
+def test_unknown_model_lists_close_names():
+    with pytest.raises(ValueError, match=r"unknown model 'coatnet0'.*coatnet_0"):
+        coatlib.create_model("coatnet0")
+
+
+def test_wrong_channels():
+    m = coatlib.create_model("coatnet_pico", image_size=64)
+    with pytest.raises(ValueError, match=r"expected images of shape \(batch, 3, H, W\).*in_chans=1"):
+        m(torch.randn(1, 1, 64, 64))
+
+
+def test_in_chans_option():
+    m = coatlib.create_model("coatnet_pico", image_size=64, in_chans=1)
+    assert m(torch.randn(1, 1, 64, 64)).shape == (1, 1000)
+
+
+def test_wrong_image_size_names_expected_size_and_fix():
+    m = coatlib.create_model("coatnet_pico", image_size=64)
+    with pytest.raises(ValueError, match=r"built for 64x64 images but got 96x96.*image_size=\(96, 96\)"):
+        m(torch.randn(1, 3, 96, 96))
+
+
+@pytest.mark.parametrize("size", [100, (64, 48), 0])
+def test_image_size_not_multiple_of_32(size):
+    with pytest.raises(ValueError, match="multiples of 32"):
+        coatlib.create_model("coatnet_pico", image_size=size)
+
+
+@pytest.mark.parametrize(
+    "layout,message",
+    [
+        ("C-T-C-T", "attention stage before a convolution stage"),
+        ("C-C-T-C", "attention stage before a convolution stage"),
+        ("T-T-T-T", "S1 is always MBConv"),
+        ("C-C-X-T", "each C \\(MBConv\\) or T"),
+        ("C-C-T", "four stage letters"),
+        ("cctt", "four stage letters"),
+    ],
+)
+def test_invalid_layouts(layout, message):
+    with pytest.raises(ValueError, match=message):
+        coatlib.create_model("coatnet_pico", layout=layout, image_size=64)
+
+
+def test_head_size_that_does_not_divide_width():
+    with pytest.raises(ValueError, match="head size 100 does not divide the width 384"):
+        meta_model("coatnet_0", head_dim=100)
+
+
+def test_bad_downsample_mode():
+    with pytest.raises(ValueError, match="downsample must be"):
+        CoAtNet(coatlib.models.coatnet.CONFIGS["coatnet_pico"], image_size=64, downsample="pool")
