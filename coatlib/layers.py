@@ -122,6 +122,13 @@ class MBConv(nn.Module):
     ``stride_on`` chooses where a stride-2 block down-samples: ``"expand"`` (the
     first 1x1 conv, the CoAtNet paper's Eq. 5) or ``"dw"`` (the depthwise conv,
     the paper's Table 9 alternative and the MobileNet/EfficientNet choice).
+
+    ``se_gate_layer`` is the squeeze-excitation gate (sigmoid; MobileNetV3 uses
+    hard-sigmoid). ``fused=True`` makes it the Fused-MBConv of EfficientNetV2
+    (Tan & Le 2021, Fig. 2): the expand 1x1 conv and the depthwise conv become
+    one full ``k x k`` conv (``expand``, carrying the stride; ``dw`` is left
+    out). With expansion ratio 1 (``mid_chs == in_chs``) the ``k x k`` conv maps
+    straight to ``out_chs`` with its activation and there is no ``project``.
     """
 
     def __init__(
@@ -139,6 +146,8 @@ class MBConv(nn.Module):
         stride_on: str = "expand",
         pool: str = "max",
         drop_path: float = 0.0,
+        se_gate_layer: Layer = nn.Sigmoid,
+        fused: bool = False,
     ):
         super().__init__()
         if stride_on not in ("expand", "dw"):
@@ -147,15 +156,25 @@ class MBConv(nn.Module):
         post_norm = None if pre_norm else norm_layer
         self.pre_norm = pre_norm
         self.norm = norm_layer(in_chs) if pre_norm else nn.Identity()
-        if mid_chs != in_chs:
-            self.expand = ConvNormAct(in_chs, mid_chs, 1, s_expand, norm_layer=norm_layer, act_layer=act_layer)
-        else:  # expansion ratio 1 (first EfficientNet stage): no expand conv
-            if s_expand != 1:
-                raise ValueError("a block without an expand conv must put its stride on the depthwise conv")
-            self.expand = nn.Identity()
-        self.dw = ConvNormAct(mid_chs, mid_chs, kernel_size, s_dw, groups=mid_chs, norm_layer=norm_layer, act_layer=act_layer)
-        self.se = SqueezeExcite(mid_chs, se_chs, se_act_layer or act_layer) if se_chs > 0 else nn.Identity()
-        self.project = ConvNormAct(mid_chs, out_chs, 1, norm_layer=post_norm, act_layer=None)
+        if fused:  # Fused-MBConv: one full k x k conv replaces expand 1x1 + depthwise k x k
+            fused_out = out_chs if mid_chs == in_chs else mid_chs  # ratio 1: straight to out_chs
+            self.expand = ConvNormAct(in_chs, fused_out, kernel_size, stride, norm_layer=norm_layer, act_layer=act_layer)
+            self.dw = nn.Identity()
+        else:
+            if mid_chs != in_chs:
+                self.expand = ConvNormAct(in_chs, mid_chs, 1, s_expand, norm_layer=norm_layer, act_layer=act_layer)
+            else:  # expansion ratio 1 (first EfficientNet stage): no expand conv
+                if s_expand != 1:
+                    raise ValueError("a block without an expand conv must put its stride on the depthwise conv")
+                self.expand = nn.Identity()
+            self.dw = ConvNormAct(mid_chs, mid_chs, kernel_size, s_dw, groups=mid_chs, norm_layer=norm_layer, act_layer=act_layer)
+        self.se = (
+            SqueezeExcite(mid_chs, se_chs, se_act_layer or act_layer, se_gate_layer) if se_chs > 0 else nn.Identity()
+        )
+        if fused and mid_chs == in_chs:
+            self.project = nn.Identity()
+        else:
+            self.project = ConvNormAct(mid_chs, out_chs, 1, norm_layer=post_norm, act_layer=None)
         self.drop_path = DropPath(drop_path)
 
         self.has_shortcut = pre_norm or (stride == 1 and in_chs == out_chs)
@@ -212,12 +231,43 @@ class Mlp(nn.Module):
 class ConvStem(nn.Sequential):
     """CoAtNet's stage S0: conv3x3 stride 2 -> BN -> GELU -> conv3x3 (section 3.3).
 
-    The second conv has a bias and no norm: the first S1 block normalises its
+    The second conv has no norm and no bias: the first S1 block normalises its
     input (pre-activation).
     """
 
     def __init__(self, in_chs: int, out_chs: int, act_layer: Layer = nn.GELU):
         super().__init__(
             ConvNormAct(in_chs, out_chs, 3, 2, act_layer=act_layer),
-            nn.Conv2d(out_chs, out_chs, 3, 1, padding=1),
+            nn.Conv2d(out_chs, out_chs, 3, 1, padding=1, bias=False),
         )
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round a channel count to the nearest multiple of ``divisor``, never more than 10% down.
+
+    The rounding rule of the MobileNet and EfficientNet reference code, used
+    when a width multiplier scales the channels of a config table.
+    """
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a channels-first map ``(B, C, H, W)`` (ConvNeXt's stem and down-sampling)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def check_images(x: torch.Tensor, in_chans: int, min_size: int = 32, multiple: int = 1) -> None:
+    """Raise a ``ValueError`` unless ``x`` is a batch ``(B, in_chans, H, W)`` with ``H, W >= min_size``
+    and multiples of ``multiple``: the input check of the zoo's models."""
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        raise ValueError(
+            f"expected images of shape (batch, {in_chans}, H, W) but got {tuple(x.shape)}: convert the images, "
+            f"or build the model with in_chans={x.shape[1] if x.ndim == 4 else '...'}"
+        )
+    H, W = x.shape[-2:]
+    if H < min_size or W < min_size or H % multiple or W % multiple:
+        rule = f">= {min_size}" + (f" and multiples of {multiple}" if multiple > 1 else "")
+        raise ValueError(f"image size {H}x{W} is not supported: height and width must be {rule} (e.g. 224)")

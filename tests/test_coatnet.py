@@ -32,6 +32,12 @@ def test_paper_parameter_counts(name, target, tol):
     assert abs(n - target) / target < tol, f"{name}: {n / 1e6:.2f}M vs paper {target / 1e6:.0f}M"
 
 
+def test_coatnet_0_to_5_match_timm_paper_configs_exactly():
+    """REFERENCE.md section 2: timm's coatnet_N_224 builds the paper's configs."""
+    timm = [25_036_820, 42_225_776, 74_684_744, 166_966_264, 275_425_288]
+    assert [count_params(meta_model(f"coatnet_{i}")) for i in range(5)] == timm
+
+
 PAPER_MACS = [  # (name, image size, paper GMACs)
     ("coatnet_0", 224, 4.2), ("coatnet_1", 224, 8.4), ("coatnet_2", 224, 15.7), ("coatnet_3", 224, 34.7),
     ("coatnet_0", 384, 13.4), ("coatnet_1", 384, 27.4), ("coatnet_2", 384, 49.8), ("coatnet_3", 384, 107.4),
