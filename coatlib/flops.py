@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from coatlib.layers import pair
 
@@ -14,20 +14,35 @@ def _example_input(model: nn.Module, image_size, batch_size: int = 1) -> torch.T
     return torch.zeros(batch_size, in_chans, *pair(image_size), device=p.device, dtype=p.dtype)
 
 
+def _cpu_flash_attention(query, key, value, *args, **kwargs) -> int:  # arguments arrive as shapes
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_flash_attention_backward(grad_out, query, key, value, *args, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# FlopCounterMode knows the CUDA attention kernels; teach it the fused CPU kernel too.
+_ATTENTION_FORMULAS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_attention_backward,
+}
+
+
 def count_flops(model: nn.Module, image_size: int | tuple[int, int] = 224, batch_size: int = 1) -> int:
     """Multiply-accumulates (MACs) of one forward pass, the unit the CoAtNet and
     EfficientNet papers call "FLOPs".
 
     ``FlopCounterMode`` counts 2 FLOPs per multiply-add (matmuls, convolutions
     and fused attention), so the total is halved. Elementwise ops are not
-    counted, as in the papers. Works on the ``meta`` device, so very large
+    counted, as in the papers; the fused attention kernels are. Works on the ``meta`` device, so very large
     models cost no memory.
     """
     x = _example_input(model, image_size, batch_size)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_ATTENTION_FORMULAS) as counter:
             model(x)
     finally:
         model.train(was_training)

@@ -146,3 +146,25 @@ def test_translation_equivariance_of_zero_content_attention():
         attn.relative_bias_table.normal_()
     bias = attn.relative_bias().view(4, H, W, H, W)
     assert torch.equal(bias[:, :, :-1, :, :-1], bias[:, :, 1:, :, 1:])
+
+
+def test_count_flops_counts_fused_attention():
+    """The fused CPU kernel must be counted like the explicit matmuls: 2 * N^2 * D MACs per map."""
+    import coatlib
+
+    class Wrap(torch.nn.Module):
+        in_chans = 32
+
+        def __init__(self):
+            super().__init__()
+            self.attn = make((4, 4))
+
+        def forward(self, x):
+            return self.attn(x.permute(0, 2, 3, 1))
+
+    model = Wrap()
+    fused = coatlib.count_flops(model, 4)
+    model.attn.fused = False
+    explicit = coatlib.count_flops(model, 4)
+    linear = 16 * (32 * 96 + 32 * 32)  # qkv and output projections
+    assert fused == explicit == linear + 2 * 16 * 16 * 32
