@@ -215,11 +215,14 @@ class CoAtNet(nn.Module):
         self.pre_logits = nn.Sequential(nn.Linear(self.num_features, self.num_features), nn.Tanh())
         self.head = nn.Linear(self.num_features, num_classes)
         self.apply(_init_weights)
+        # Convolutions run on NHWC memory (faster with oneDNN and cuDNN), so the switch to
+        # the Transformer stages' (B, H, W, C) view is a free permute, not a copy.
+        self.to(memory_format=torch.channels_last)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image ``(B, C, H, W)`` -> final feature map, channels-last ``(B, H/32, W/32, D)``."""
         self._check_input(x)
-        x = self.stem(x)
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
         channels_last = False
         for block in self.blocks:
             if block.kind == "T" and not channels_last:
