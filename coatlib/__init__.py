@@ -1,6 +1,7 @@
 """coatlib: CoAtNet from scratch, with the convolution and attention models around it."""
 from coatlib.registry import create_model, list_models, register_model
-from coatlib.flops import count_flops, summary
+from coatlib.flops import count_flops, count_macs, summary
+from coatlib.weights import load_torchvision_weights
 
-__all__ = ["create_model", "list_models", "register_model", "count_flops", "summary"]
+__all__ = ["create_model", "list_models", "register_model", "count_flops", "count_macs", "summary", "load_torchvision_weights"]
 __version__ = "0.1.0"

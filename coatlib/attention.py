@@ -62,6 +62,8 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self.qkv_heads(x)
         if bias is not None:
             bias = bias.to(q.dtype)
+            if bias.ndim == 3:  # (heads, N, N) -> (1, heads, N, N): the fused CPU kernel's fast path wants 4-D
+                bias = bias.unsqueeze(0)
         if self.fused:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:
@@ -125,15 +127,20 @@ class RelativeAttention(MultiHeadAttention):
     def relative_bias(self) -> torch.Tensor:
         """The bias ``w_{i-j}`` expanded from the table: ``(heads, N, N)``, ``N = H*W``."""
         table = self.relative_bias_table
-        use_cache = not self.training and not torch.compiler.is_compiling() and not (
-            torch.is_grad_enabled() and table.requires_grad
-        )
-        if not use_cache:
+        key = self.cache_key()
+        if key is None:
             return self._expand(table)
-        key = (id(table), table._version, table.device, table.dtype)
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self._expand(table).detach())
         return self._cache[1]
+
+    def cache_key(self) -> tuple | None:
+        """Identifies the table's current values when biases expanded from it may be cached
+        (eval mode, no gradient to the table, not while compiling); ``None`` otherwise."""
+        table = self.relative_bias_table
+        if self.training or torch.compiler.is_compiling() or (torch.is_grad_enabled() and table.requires_grad):
+            return None
+        return (id(table), table._version, table.device, table.dtype)
 
     def _expand(self, table: torch.Tensor) -> torch.Tensor:
         return table.flatten(1)[:, self.relative_index]

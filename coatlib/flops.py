@@ -8,9 +8,9 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from coatlib.layers import pair
 
 
-def _example_input(model: nn.Module, image_size, batch_size: int = 1) -> torch.Tensor:
+def _example_input(model: nn.Module, image_size, batch_size: int = 1, in_chans: int | None = None) -> torch.Tensor:
     p = next(model.parameters())
-    in_chans = getattr(model, "in_chans", 3)
+    in_chans = in_chans or getattr(model, "in_chans", 3)
     return torch.zeros(batch_size, in_chans, *pair(image_size), device=p.device, dtype=p.dtype)
 
 
@@ -29,24 +29,33 @@ _ATTENTION_FORMULAS = {
 }
 
 
-def count_flops(model: nn.Module, image_size: int | tuple[int, int] = 224, batch_size: int = 1) -> int:
-    """Multiply-accumulates (MACs) of one forward pass, the unit the CoAtNet and
-    EfficientNet papers call "FLOPs".
+def count_macs(module: nn.Module, *inputs: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward call ``module(*inputs)``, for any module and inputs.
 
     ``FlopCounterMode`` counts 2 FLOPs per multiply-add (matmuls, convolutions
     and fused attention), so the total is halved. Elementwise ops are not
-    counted, as in the papers; the fused attention kernels are. Works on the ``meta`` device, so very large
-    models cost no memory.
+    counted, as in the papers.
     """
-    x = _example_input(model, image_size, batch_size)
-    was_training = model.training
-    model.eval()
+    was_training = module.training
+    module.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_ATTENTION_FORMULAS) as counter:
-            model(x)
+            module(*inputs)
     finally:
-        model.train(was_training)
+        module.train(was_training)
     return counter.get_total_flops() // 2
+
+
+def count_flops(
+    model: nn.Module, image_size: int | tuple[int, int] = 224, batch_size: int = 1, in_chans: int | None = None
+) -> int:
+    """Multiply-accumulates (MACs) of one forward pass on ``image_size`` images, the unit the
+    CoAtNet and EfficientNet papers call "FLOPs" (see ``count_macs``).
+
+    The input has ``in_chans`` channels (default: the model's ``in_chans``, else 3).
+    Works on the ``meta`` device, so very large models cost no memory.
+    """
+    return count_macs(model, _example_input(model, image_size, batch_size, in_chans))
 
 
 def count_params(model: nn.Module) -> int:

@@ -259,15 +259,41 @@ class LayerNorm2d(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+def check_image_size(image_size: int | tuple[int, int], min_size: int = 32, multiple: int = 1) -> tuple[int, int]:
+    """``(H, W)``, or a ``ValueError`` unless both are ``>= min_size`` and multiples of ``multiple``."""
+    H, W = pair(image_size)
+    if H < min_size or W < min_size or H % multiple or W % multiple:
+        rule = f">= {min_size}" + (f" and multiples of {multiple}" if multiple > 1 else "")
+        raise ValueError(f"image size {H}x{W} is not supported: height and width must be {rule} (e.g. 224)")
+    return H, W
+
+
 def check_images(x: torch.Tensor, in_chans: int, min_size: int = 32, multiple: int = 1) -> None:
-    """Raise a ``ValueError`` unless ``x`` is a batch ``(B, in_chans, H, W)`` with ``H, W >= min_size``
-    and multiples of ``multiple``: the input check of the zoo's models."""
+    """The input check of the zoo's models: a ``ValueError`` unless ``x`` is a batch
+    ``(B, in_chans, H, W)`` whose size passes ``check_image_size``."""
     if x.ndim != 4 or x.shape[1] != in_chans:
         raise ValueError(
             f"expected images of shape (batch, {in_chans}, H, W) but got {tuple(x.shape)}: convert the images, "
             f"or build the model with in_chans={x.shape[1] if x.ndim == 4 else '...'}"
         )
-    H, W = x.shape[-2:]
-    if H < min_size or W < min_size or H % multiple or W % multiple:
-        rule = f">= {min_size}" + (f" and multiples of {multiple}" if multiple > 1 else "")
-        raise ValueError(f"image size {H}x{W} is not supported: height and width must be {rule} (e.g. 224)")
+    check_image_size(tuple(x.shape[-2:]), min_size, multiple)
+
+
+def init_weights(model: nn.Module) -> None:
+    """The zoo's initialisation: He normal (fan-out) for convs, truncated normal (std 0.02)
+    for linear layers, zero biases; norms keep PyTorch's ones and zeros."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def drop_path_rates(rate: float, n_blocks: int, endpoint: bool = True) -> list[float]:
+    """Stochastic depth growing linearly with depth (Huang et al. 2016): block ``i`` of ``n`` drops
+    its branch with ``rate * i / (n - 1)``, reaching ``rate`` at the last block (Swin, ConvNeXt, ViT);
+    ``endpoint=False`` gives ``rate * i / n`` (the EfficientNet reference code)."""
+    steps = max(n_blocks - 1, 1) if endpoint else n_blocks
+    return [rate * i / steps for i in range(n_blocks)]

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from coatlib.attention import RelativeAttention, num_heads_for
-from coatlib.layers import ConvStem, DropPath, MBConv, Mlp, make_pool, pair
+from coatlib.layers import ConvStem, DropPath, MBConv, Mlp, init_weights, make_pool, pair
 from coatlib.registry import register_model
 
 
@@ -214,7 +214,7 @@ class CoAtNet(nn.Module):
         self.norm = nn.LayerNorm(self.num_features)
         self.pre_logits = nn.Sequential(nn.Linear(self.num_features, self.num_features), nn.Tanh())
         self.head = nn.Linear(self.num_features, num_classes)
-        self.apply(_init_weights)
+        init_weights(self)
         # Convolutions run on NHWC memory (faster with oneDNN and cuDNN), so the switch to
         # the Transformer stages' (B, H, W, C) view is a free permute, not a copy.
         self.to(memory_format=torch.channels_last)
@@ -264,17 +264,6 @@ class CoAtNet(nn.Module):
         """Blocks grouped by stage, named ``s1..s4`` (one group for ViT-Rel)."""
         starts = [0] + self.stage_ends[:-1]
         return [(f"s{i + 1}", list(self.blocks[a:b])) for i, (a, b) in enumerate(zip(starts, self.stage_ends))]
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
 
 
 def _builder(name: str, config: str, layout: str = "C-C-T-T"):

@@ -1,0 +1,115 @@
+"""The model zoo side by side with torchvision: parameters, MACs at 224 and CPU images/s.
+
+    python benchmarks/zoo.py [--models PATTERNS] [--quick] [--batch 8] [--rounds 5] [--warmup 3]
+
+For every zoo model: coatlib's parameter count, MACs at 224x224
+(``coatlib.count_flops``) and inference throughput (eval mode, no_grad, fp32,
+batch 8, 224x224, best of ``--rounds`` after ``--warmup`` runs, the two
+models run in turns so that both see the same machine load), next to the
+same architecture from torchvision (timm for the three models torchvision
+lacks: MobileNet V1, ViT-Ti/16, ViT-S/16) when it is importable. Before
+timing, torchvision's random weights are loaded into the coatlib model
+(``load_torchvision_weights``) and the largest logit difference is printed:
+it shows that the two are the same function. ``ratio`` is coatlib images/s
+over the peer's; rows below 0.95 are flagged.
+
+``--models`` takes comma-separated glob patterns (``"resnet*,swin_t"``);
+``--quick`` runs only the smallest model of each family with fewer rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+
+import torch
+
+import coatlib
+from peers import import_peer
+from throughput import best_seconds
+
+FAMILIES = ("resnet", "mobilenet", "efficientnet", "vit", "swin", "convnext")
+QUICK = ["resnet18", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "efficientnet_v2_s",
+         "vit_ti_16", "swin_t", "convnext_tiny"]  # fmt: skip
+TIMM_NAMES = {"mobilenet_v1": "mobilenetv1_100", "vit_ti_16": "vit_tiny_patch16_224", "vit_s_16": "vit_small_patch16_224"}
+
+
+def zoo_models() -> list[str]:
+    """Every registered zoo model, family by family (CoAtNet has its own benchmark)."""
+    return [n for family in FAMILIES for n in coatlib.list_models(family + "*")]
+
+
+def build_peer(name: str, torchvision, timm):
+    """``(label, model)`` of the reference implementation, or ``(None, None)``."""
+    if name in TIMM_NAMES:
+        return (f"timm {TIMM_NAMES[name]}", timm.create_model(TIMM_NAMES[name])) if timm else (None, None)
+    if torchvision is not None and hasattr(torchvision.models, name):
+        return f"torchvision {name}", getattr(torchvision.models, name)()
+    return None, None
+
+
+def images_per_second(models: list[torch.nn.Module], batch: int, rounds: int, warmup: int) -> list[float]:
+    x = torch.randn(batch, 3, 224, 224)
+
+    def infer(model):
+        def run():
+            with torch.no_grad():
+                model(x)
+
+        return run
+
+    seconds = best_seconds([infer(m.eval()) for m in models], rounds, warmup)
+    return [batch / s for s in seconds]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", help="comma-separated glob patterns, e.g. 'resnet*,swin_t'")
+    parser.add_argument("--quick", action="store_true", help="smallest model of each family, 3 rounds")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+    names = QUICK if args.quick else zoo_models()
+    if args.models:
+        patterns = args.models.split(",")
+        names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)]
+        if not names:
+            raise SystemExit(f"no zoo model matches {args.models!r}; choose from: {', '.join(zoo_models())}")
+    rounds = 3 if args.quick else args.rounds
+    torchvision, timm = import_peer("torchvision"), import_peer("timm")
+    torch.manual_seed(0)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, 224x224, fp32 inference, "
+          f"best of {rounds} after {args.warmup} warm-up runs")  # fmt: skip
+    print("| model | params | GMACs | coatlib img/s | peer | peer params | peer GMACs | peer img/s | ratio | max abs logit diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    slow = []
+    for name in names:
+        model = coatlib.create_model(name).eval()
+        label, peer = build_peer(name, torchvision, timm)
+        row = f"| {name} | {coatlib.flops.count_params(model) / 1e6:.2f}M | {coatlib.count_flops(model, 224) / 1e9:.2f} |"
+        if peer is None:
+            (ips,) = images_per_second([model], args.batch, rounds, args.warmup)
+            print(f"{row} {ips:.1f} | (none) | | | | | |", flush=True)
+            continue
+        peer.eval()
+        diff = ""
+        if label.startswith("torchvision"):
+            coatlib.load_torchvision_weights(model, peer.state_dict())
+            x = torch.randn(2, 3, 224, 224)
+            with torch.no_grad():
+                diff = f"{(model(x) - peer(x)).abs().max().item():.1e}"
+        ips, peer_ips = images_per_second([model, peer], args.batch, rounds, args.warmup)
+        ratio = ips / peer_ips
+        if ratio < 0.95:
+            slow.append(name)
+        print(f"{row} {ips:.1f} | {label} | {coatlib.flops.count_params(peer) / 1e6:.2f}M | "
+              f"{coatlib.count_flops(peer, 224) / 1e9:.2f} | {peer_ips:.1f} | {ratio:.2f}{' !' if ratio < 0.95 else ''} | {diff} |",
+              flush=True)  # fmt: skip
+    print("\ncoatlib slower than its peer by more than 5%: " + (", ".join(slow) if slow else "none"))
+    if torchvision is None:
+        print("torchvision is not importable: no side-by-side columns for its models")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,541 @@
+"""Training: one loop for a notebook, the command line, a GPU and ``torchrun``.
+
+``fit(model, train_data, test_data, epochs)`` trains with AdamW, a linear
+warm-up then cosine decay of the learning rate (per step), label smoothing,
+gradient clipping and optional mixed precision, shows a tqdm progress bar
+and returns the history: per epoch, the training loss and accuracy (running
+means over the augmented training batches, so with label smoothing and
+stochastic depth), the test loss and accuracy, the learning rate at the
+epoch's end, the seconds of training (evaluation excluded) and images/s.
+
+Checkpoints hold the model, optimizer, scheduler, epoch, history and every
+process's random-number state, are written to a temporary file and renamed (a crash
+never leaves half a checkpoint), and are read with ``weights_only=True``.
+A run resumed from the checkpoint of an interrupted run (same settings, same
+number of processes) ends with the same weights as the uninterrupted run.
+
+Scale: under ``torchrun --nproc_per_node=N`` (or any launcher that sets
+``WORLD_SIZE``), ``fit`` joins the process group (gloo on CPU, nccl on CUDA),
+wraps the model in ``DistributedDataParallel`` and gives each process its
+share of every batch through a ``DistributedSampler``: N processes with batch
+B take the same optimisation steps as one process with batch N*B, up to
+BatchNorm, which normalises each process's share (``sync_bn=True`` converts
+it to SyncBatchNorm, on CUDA only: PyTorch has no CPU SyncBatchNorm).
+
+Command line (``python -m coatlib.train --help``)::
+
+    python -m coatlib.train --model coatnet_pico --data textures --epochs 5 --out runs/textures
+    torchrun --nproc_per_node=2 -m coatlib.train --model coatnet_pico --data digits --out runs/ddp
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "time", "images_per_s")
+
+
+def fit(
+    model: nn.Module,
+    train_data: Dataset,
+    test_data: Dataset | None = None,
+    epochs: int = 10,
+    *,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    weight_decay: float = 0.05,
+    warmup_epochs: float = 1.0,
+    label_smoothing: float = 0.1,
+    clip_grad: float | None = 1.0,
+    amp: str | None = None,
+    device: str | torch.device | None = None,
+    channels_last: bool = False,
+    sync_bn: bool = False,
+    seed: int = 0,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    num_workers: int = 0,
+) -> dict[str, list]:
+    """Train ``model`` on ``train_data`` for ``epochs`` epochs; return the history.
+
+    ``batch_size`` is per process. ``lr`` is the peak learning rate, reached
+    after ``warmup_epochs`` of linear warm-up and then decayed to 0 along a
+    cosine. AdamW decays only weights with two or more dimensions (not
+    biases, norm scales, relative-bias tables or position embeddings). ``amp`` is None, ``"bf16"`` (CPU or
+    CUDA) or ``"fp16"`` (CUDA, with a GradScaler). ``device`` defaults to the
+    GPU when there is one. ``seed`` fixes the data order and augmentation
+    (build the model after ``torch.manual_seed`` to fix its initial weights
+    too): the same seed gives the same history on the same machine.
+
+    ``checkpoint``: a file written at the end of every epoch; with
+    ``resume=True`` training continues from it (the model's weights are
+    replaced by the checkpoint's). An existing checkpoint is never
+    overwritten by a new run (only continued with ``resume=True``). All inputs are checked before anything is
+    written: a data set smaller than one batch, images the model cannot take,
+    a checkpoint of another model or another schedule raise ``ValueError``.
+
+    The history maps each of ``HISTORY_KEYS`` to a list with one entry per
+    epoch; ``plot_history`` draws it.
+    """
+    rank, world, local_rank = init_distributed()
+    device = _device(device, local_rank)
+    dtype = _amp_dtype(amp, device)
+    if sync_bn and device.type != "cuda":
+        raise ValueError("sync_bn=True needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); on the CPU each "
+                         "process normalises its own share of the batch")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    steps_per_epoch = _steps_per_epoch(train_data, batch_size, world)
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None and checkpoint.exists() and not resume:
+        raise ValueError(
+            f"{checkpoint} already exists: pass resume=True (--resume) to continue that run, "
+            f"or delete it or choose another path; it is not overwritten"
+        )
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    model.to(device, memory_format=memory_format)
+    _check_model_takes(model, train_data, device)
+    if sync_bn and world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr)
+    warmup_steps, total_steps = round(warmup_epochs * steps_per_epoch), epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup_steps, total_steps))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    schedule = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "world_size": world, "lr": lr,
+                "warmup_steps": warmup_steps}
+    history, start = {k: [] for k in HISTORY_KEYS}, 0
+    torch.manual_seed(seed + rank)
+    if resume:
+        state = load_checkpoint(checkpoint, model, schedule)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history, start = state["history"], state["epoch"]
+        _set_rng_state(state["rng"][rank], device)
+
+    net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
+    sampler = DistributedSampler(train_data, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    loader = DataLoader(
+        train_data, batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
+        pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+    )
+    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    step_options = dict(device=device, dtype=dtype, memory_format=memory_format, clip_grad=clip_grad)
+
+    for epoch in range(start, epochs):
+        sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        bar = _progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{epochs}") if progress and rank == 0 else None
+        sums = train_one_epoch(net, loader, criterion, optimizer, scheduler, scaler, bar=bar, **step_options)
+        if world > 1:
+            dist.all_reduce(sums)
+        seconds = time.perf_counter() - t0
+        test_loss, test_acc = (None, None)
+        if test_data is not None:
+            test_loss, test_acc = evaluate(model, test_data, batch_size, device, amp, channels_last)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": (sums[0] / sums[2]).item(),
+            "train_acc": (sums[1] / sums[2]).item(),
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "lr": scheduler.get_last_lr()[0],
+            "time": seconds,
+            "images_per_s": sums[2].item() / seconds,
+        }
+        for k in HISTORY_KEYS:
+            history[k].append(row[k])
+        if progress and rank == 0:
+            print(_epoch_line(row, epochs), flush=True)
+        if checkpoint is not None:
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+                "schedule": schedule,
+                "rng": _gather_rng_state(device, world),
+            }
+            if rank == 0:
+                save_checkpoint(state, checkpoint)
+            if world > 1:
+                dist.barrier()
+    return history
+
+
+def train_one_epoch(net, loader, criterion, optimizer, scheduler, scaler, *, device, dtype, memory_format,
+                    clip_grad, bar=None) -> torch.Tensor:
+    """One pass over ``loader``: forward (under autocast when ``dtype`` is set), backward
+    (through the GradScaler), clip, step, schedule. Returns ``[summed loss, correct, images]``."""
+    net.train()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for step, (x, y) in enumerate(loader):
+        x = x.to(device, non_blocking=True, memory_format=memory_format)
+        y = y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = net(x)
+        loss = criterion(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if clip_grad is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(net.parameters(), clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        sums += _batch_sums(loss.detach() * len(y), logits, y)
+        if bar is not None:
+            bar.update()
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.4f}")
+    if bar is not None:
+        bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # so that the epoch's time covers all its kernels
+    return sums
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate factor at ``step``: linear from 0 to 1 over the warm-up, then a cosine down to 0."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: Dataset,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    amp: str | None = None,
+    channels_last: bool = False,
+) -> tuple[float, float]:
+    """Mean cross-entropy (no label smoothing) and accuracy of ``model`` on ``data``.
+
+    Under ``torch.distributed`` each process evaluates every ``world``-th
+    image and the sums are added up, so the result covers each image once.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    dtype = _amp_dtype(amp, device)
+    world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+    shard = Subset(data, range(rank, len(data), world)) if world > 1 else data
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, n
+    for x, y in DataLoader(shard, batch_size):
+        x, y = x.to(device, memory_format=memory_format), y.to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x).float()
+        sums += _batch_sums(F.cross_entropy(logits, y, reduction="sum"), logits, y)
+    model.train(was_training)
+    if world > 1:
+        dist.all_reduce(sums)
+    return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()
+
+
+def _batch_sums(loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``[summed loss, correct predictions, images]`` of one batch, in float64 on the batch's device."""
+    correct = (logits.argmax(1) == y).sum()
+    images = torch.tensor(len(y), dtype=torch.float64, device=y.device)
+    return torch.stack([loss_sum.double(), correct.double(), images])
+
+
+def plot_history(history: dict[str, list], axes=None):
+    """Loss (left) and accuracy (right) per epoch, train and test; returns the figure.
+
+    The training curves are ``fit``'s running means over each epoch's augmented
+    batches, with label smoothing in the loss; the test curves are measured
+    after each epoch, without either."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    loss_ax, acc_ax = axes
+    epochs = history["epoch"]
+    loss_ax.plot(epochs, history["train_loss"], "o-", label="train")
+    acc_ax.plot(epochs, history["train_acc"], "o-", label="train")
+    if history["test_acc"] and history["test_acc"][0] is not None:
+        loss_ax.plot(epochs, history["test_loss"], "s-", label="test")
+        acc_ax.plot(epochs, history["test_acc"], "s-", label="test")
+    loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig = loss_ax.figure
+    fig.tight_layout()
+    return fig
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """``torch.save`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path | None, model: nn.Module, schedule: dict | None = None) -> dict:
+    """Read a checkpoint with ``weights_only=True``, check it fits ``model`` (and the ``schedule``
+    of this run, if given) and load its weights into ``model``; return the whole state."""
+    if path is None or not Path(path).is_file():
+        raise ValueError(f"cannot resume: no checkpoint file at {path}; pass checkpoint=PATH of an earlier run")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    _check_same_model(state["model"], model.state_dict(), path)
+    if schedule is not None and state["schedule"] != schedule:
+        raise ValueError(
+            f"checkpoint {path} was written for the schedule {state['schedule']} but this run asks for {schedule}: "
+            f"resume with the same epochs, batch size, number of processes and learning rate, or start a new run"
+        )
+    model.load_state_dict(state["model"])
+    return state
+
+
+def _check_same_model(saved: dict, current: dict, path) -> None:
+    missing = sorted(set(current) - set(saved))
+    unexpected = sorted(set(saved) - set(current))
+    differ = sorted(k for k in set(saved) & set(current) if saved[k].shape != current[k].shape)
+    if missing or unexpected or differ:
+        examples = [f"missing {k}" for k in missing[:2]] + [f"unexpected {k}" for k in unexpected[:2]]
+        examples += [
+            f"{k}: {tuple(saved[k].shape)} in the checkpoint, {tuple(current[k].shape)} in the model"
+            for k in differ[:2]
+        ]
+        raise ValueError(
+            f"checkpoint {path} was written by a different model ({len(missing)} tensors missing, "
+            f"{len(unexpected)} unexpected, {len(differ)} of another shape; e.g. {'; '.join(examples)}). "
+            f"Resume with the model (and image size) that wrote it, or start a new run in another place"
+        )
+
+
+def _gather_rng_state(device: torch.device, world: int) -> list[dict]:
+    """Every process's generator states (CPU, and CUDA when used), ordered by rank."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device).cpu()
+    if world == 1:
+        return [state]
+    states = [None] * world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# --- checks and set-up -----------------------------------------------------------------------------
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)``; joins the process group when launched by torchrun.
+
+    The backend is nccl when CUDA is available, gloo otherwise. Without a
+    launcher this is ``(0, 1, 0)`` and nothing happens.
+    """
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    if not dist.is_initialized():
+        return 0, 1, 0
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _device(device, local_rank: int) -> torch.device:
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def _amp_dtype(amp: str | None, device: torch.device):
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("amp='fp16' needs a CUDA device (it trains with a GradScaler); on the CPU use amp='bf16'")
+    return AMP_DTYPES[amp]
+
+
+def _steps_per_epoch(data: Dataset, batch_size: int, world: int) -> int:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    per_process = math.ceil(len(data) / world)
+    if per_process < batch_size:
+        raise ValueError(
+            f"the training data has {len(data)} images, fewer than one batch of {batch_size}"
+            + (f" for each of {world} processes" if world > 1 else "")
+            + f": use batch_size <= {per_process}, or more data"
+        )
+    return per_process // batch_size
+
+
+def _check_model_takes(model: nn.Module, data: Dataset, device: torch.device) -> None:
+    """Run the model once on one training image: clear errors before any training or writing."""
+    x, y = data[0]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x[None].to(device))
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(
+            f"the model cannot take the training images (one is {tuple(x.shape)}, channels x height x width): {e}"
+        ) from e
+    finally:
+        model.train(was_training)
+    classes = getattr(data, "classes", None)
+    if out.ndim != 2 or (classes is not None and out.shape[1] != len(classes)):
+        want = f"{len(classes)} (one per class)" if classes is not None else "(batch, classes)"
+        raise ValueError(f"the model outputs shape {tuple(out.shape)} for one image; the data needs {want} logits: "
+                         f"build it with num_classes={len(classes) if classes is not None else '...'}")
+
+
+# Position parameters are not weights to shrink: decaying a relative-bias table pulls every
+# attention towards uniform (as timm and the Swin and ViT recipes, they are exempt).
+NO_DECAY_NAMES = ("relative_bias_table", "pos_embed", "cls_token")
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    groups: dict[bool, list[nn.Parameter]] = {True: [], False: []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups[p.ndim >= 2 and not name.endswith(NO_DECAY_NAMES)].append(p)
+    return [{"params": groups[True], "weight_decay": weight_decay}, {"params": groups[False], "weight_decay": 0.0}]
+
+
+def _progress_bar(steps: int, desc: str):
+    """A tqdm bar (a widget in notebooks) advanced by hand: it never touches the data loader, so
+    showing it or not cannot change the run."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    test = f", test loss {row['test_loss']:.4f}, test acc {row['test_acc']:.4f}" if row["test_acc"] is not None else ""
+    return (
+        f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, train acc {row['train_acc']:.4f}{test} "
+        f"({row['time']:.1f} s, {row['images_per_s']:.0f} images/s)"
+    )
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the libraries that decide a run's numbers, and the device, for result files."""
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("torch", "numpy", "sklearn", "skimage", "coatlib"):
+        out[name] = importlib.import_module(name).__version__
+    cpu = f"cpu, {torch.get_num_threads()} threads"
+    out["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu
+    return out
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict[str, list]:
+    import coatlib
+    import coatlib.data
+
+    p = argparse.ArgumentParser(
+        prog="python -m coatlib.train",
+        description="Train a coatlib model on a coatlib data set; works under torchrun --nproc_per_node=N.",
+    )
+    p.add_argument("--model", default="coatnet_pico", help="registered name, see coatlib.list_models()")
+    p.add_argument("--data", default="digits", help=f"one of {', '.join(coatlib.data.DATASETS)}")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--out", required=True, type=Path, help="folder for history.json and checkpoint.pt")
+    p.add_argument("--image-size", type=int, default=None, help="default: the data set's")
+    p.add_argument("--channels", type=int, default=3, choices=(1, 3))
+    p.add_argument("--data-size", type=int, default=None, help="training images of a generated data set")
+    p.add_argument("--test-size", type=int, default=None, help="test images of a generated data set")
+    p.add_argument("--download", action="store_true", help="allow torchvision to download cifar10 / imagenette")
+    p.add_argument("--batch-size", type=int, default=64, help="per process")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm; 0 turns clipping off")
+    p.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate (CoAtNet models)")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and epoch lines, only the final line")
+    args = p.parse_args(argv)
+
+    rank, world, _ = init_distributed()
+    options = {"download": True} if args.download else {}
+    train_data, test_data = coatlib.data.load_splits(
+        args.data, args.image_size, args.channels, args.data_size, args.test_size, **options
+    )
+    torch.manual_seed(args.seed)
+    overrides = {"drop_path_rate": args.drop_path} if args.drop_path is not None else {}
+    model = coatlib.create_model(
+        args.model, num_classes=len(train_data.classes), image_size=train_data.image_size, in_chans=args.channels,
+        **overrides,
+    )
+    history = fit(
+        model, train_data, test_data, args.epochs,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing, clip_grad=args.clip_grad or None,
+        amp=None if args.amp == "none" else args.amp, device=args.device, channels_last=args.channels_last,
+        sync_bn=args.sync_bn, seed=args.seed, checkpoint=args.out / "checkpoint.pt", resume=args.resume,
+        progress=not args.quiet, num_workers=args.num_workers,
+    )
+    if rank == 0:
+        record = {
+            "command": "python -m coatlib.train " + shlex.join(sys.argv[1:] if argv is None else argv),
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "world_size": world,
+            "params": sum(p.numel() for p in model.parameters()),
+            "versions": versions(),
+            "history": history,
+        }
+        (args.out / "history.json").write_text(json.dumps(record, indent=1))
+        print(f"final test accuracy: {history['test_acc'][-1]:.4f}", flush=True)
+    if world > 1:
+        dist.destroy_process_group()
+    return history
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as error:  # bad input: the message says what to change, a traceback would hide it
+        sys.exit(f"error: {error}")

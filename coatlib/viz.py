@@ -1,0 +1,157 @@
+"""Figures for the book: a CoAtNet's stage layout, and the layout study of the paper's section 3.2.
+
+``stage_table(model)`` reads the stages of a built CoAtNet (any size, any
+layout, on any device including ``meta``): stem, then S1..S4 as runs of
+MBConv ("C") or Transformer ("T") blocks with their width D and feature-map
+size, the rows of the paper's Table 3. ``draw_stages(model)`` draws them;
+``plot_layouts(result)`` draws a ``coatlib.experiments.layouts`` result the
+way the paper's Figure 2 compares its five candidates.
+
+Every figure has labelled axes and an opaque white background, so that it
+reads the same in the book's light and dark themes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import torch.nn as nn
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
+
+from coatlib.flops import count_params
+
+COLORS = {"stem": "#9e9e9e", "C": "#4c72b0", "T": "#dd8452", "head": "#6b6b6b"}
+BLOCK_NAMES = {"stem": "conv", "C": "MBConv", "T": "TFMRel", "head": "head"}
+LEGEND = {
+    "stem": "stem S0: two 3x3 convs (ViT-Rel: one 16x16 patch conv)",
+    "C": "MBConv (depthwise conv + SE)",
+    "T": "TFMRel (relative attention + FFN)",
+    "head": "head: pool, LayerNorm, tanh pre-logits, classifier",
+}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of equal blocks: one row of the paper's Table 3 (a stage, or part of one)."""
+
+    stage: str  # "S0" .. "S4"; "S1-S4" for ViT-Rel's single run of Transformer blocks
+    kind: str  # "stem", "C" (MBConv) or "T" (Transformer with relative attention)
+    blocks: int  # L
+    width: int  # D, channels after the run
+    size: tuple[int, int]  # feature-map height and width in the run
+
+
+def _block_width(block: nn.Module) -> int:
+    """Output channels of a CoAtNet block (MBConv: its project conv; Transformer: its second LayerNorm)."""
+    if block.kind == "T":
+        return block.norm2.normalized_shape[0]
+    return block.project[0].out_channels
+
+
+def stage_table(model: nn.Module) -> list[Segment]:
+    """The stages of a CoAtNet ``model`` as :class:`Segment` rows, stem first.
+
+    A stage whose blocks change kind or width (CoAtNet-6/7 open S3 with MBConv
+    blocks) gives one row per run. Raises ``TypeError`` for a model that is not
+    a CoAtNet.
+    """
+    if not all(hasattr(model, a) for a in ("stages", "stem", "layout", "image_size")):
+        raise TypeError(
+            f"stage_table needs a CoAtNet (from coatlib.create_model('coatnet_...')), got {type(model).__name__}"
+        )
+    H, W = model.image_size
+    vit = model.layout == "ViT-Rel"
+    if vit:  # one 16x16 patch conv
+        rows = [Segment("S0", "stem", 1, model.stem.out_channels, (H // 16, W // 16))]
+    else:  # two 3x3 convs, the first with stride 2
+        rows = [Segment("S0", "stem", 2, model.stem[1].out_channels, (H // 2, W // 2))]
+    for s, (_, blocks) in enumerate(model.stages(), start=1):
+        size = (H // 16, W // 16) if vit else (H // 2 ** (s + 1), W // 2 ** (s + 1))
+        stage = "S1-S4" if vit else f"S{s}"
+        for block in blocks:
+            width = _block_width(block)
+            last = rows[-1]
+            if last.stage == stage and last.kind == block.kind and last.width == width:
+                rows[-1] = Segment(stage, block.kind, last.blocks + 1, width, size)
+            else:
+                rows.append(Segment(stage, block.kind, 1, width, size))
+    return rows
+
+
+def _opaque(fig: plt.Figure, *axes: plt.Axes) -> None:
+    fig.patch.set_facecolor("white")
+    fig.patch.set_alpha(1.0)
+    for ax in axes:
+        ax.set_facecolor("white")
+
+
+def draw_stages(
+    model: nn.Module, ax: plt.Axes | None = None, title: str | None = None, legend: bool = True
+) -> plt.Figure:
+    """Draw the stage layout of a CoAtNet: one bar per run of blocks, as high as its width D
+    (log scale), coloured by block type and labelled with the number of blocks; the x axis
+    names each stage and its feature-map size. Returns the figure."""
+    rows = stage_table(model)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.15 * (len(rows) + 1) + 1.5, 3.4), layout="constrained")
+    fig = ax.figure
+    _opaque(fig, ax)
+    kinds = [r.kind for r in rows] + ["head"]
+    widths = [r.width for r in rows] + [rows[-1].width]
+    xs = range(len(kinds))
+    bars = ax.bar(xs, widths, width=0.8, color=[COLORS[k] for k in kinds], edgecolor="black", linewidth=0.6)
+    for bar, row in zip(bars, rows):
+        ax.annotate(f"{row.blocks}x {BLOCK_NAMES[row.kind]}\nD={row.width}", (bar.get_x() + 0.4, bar.get_height()),
+                    xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=8)
+    ax.annotate("pool, LN,\ntanh, FC", (bars[-1].get_x() + 0.4, bars[-1].get_height()), xytext=(0, 3),
+                textcoords="offset points", ha="center", va="bottom", fontsize=8)
+    ax.set_yscale("log", base=2)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.set_ylim(min(widths) / 2, max(widths) * 4)
+    ax.set_xticks(list(xs), [f"{r.stage}\n{r.size[0]}x{r.size[1]}" for r in rows] + ["head\n1x1"])
+    ax.set_xlabel("stage (feature-map size)")
+    ax.set_ylabel("channels D (log scale)")
+    if title is None:
+        H, W = model.image_size
+        title = f"layout {model.layout}, {H}x{W} input, {count_params(model) / 1e6:.2f}M parameters"
+    ax.set_title(title, fontsize=10)
+    if legend:
+        stage_legend(ax, [k for k in COLORS if k in kinds])
+    return fig
+
+
+def stage_legend(ax: plt.Axes, kinds=tuple(COLORS), **kwargs):
+    """Add the legend of ``draw_stages``' colours for ``kinds`` (default: all) to ``ax``; returns it."""
+    handles = [Patch(facecolor=COLORS[k], edgecolor="black", label=LEGEND[k]) for k in kinds]
+    return ax.legend(handles=handles, **{"fontsize": 7, "loc": "upper left", "facecolor": "white", **kwargs})
+
+
+def plot_layouts(result: dict, ax: plt.Axes | None = None, title: str | None = None) -> plt.Figure:
+    """Draw a ``coatlib.experiments.layouts`` result like the paper's Figure 2: one bar per candidate
+    for its final training loss (left axis) and its test accuracy as a line (right axis), in the
+    order the candidates were trained. Returns the figure."""
+    rows = result.get("results") if isinstance(result, dict) else None
+    if not rows:
+        raise ValueError("plot_layouts needs the dict returned by coatlib.experiments.layouts(...) with at least one result")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
+    fig = ax.figure
+    acc_ax = ax.twinx()
+    _opaque(fig, ax)
+    names = [r["layout"] for r in rows]
+    xs = range(len(rows))
+    ax.bar(xs, [r["train_loss"] for r in rows], width=0.6, color="#4c72b0", label="final training loss")
+    acc_ax.plot(xs, [r["test_acc"] for r in rows], "o-", color="#c44e52", label="test accuracy")
+    ax.set_xticks(list(xs), names)
+    ax.set_xlabel("layout")
+    ax.set_ylabel("final training loss", color="#4c72b0")
+    acc_ax.set_ylabel("test accuracy", color="#c44e52")
+    acc_ax.set_ylim(0, 1.02)
+    if title is None:
+        s = result.get("settings", {})
+        title = f"{s.get('data', '?')}: {s.get('train_images', '?')} training images, {s.get('epochs', '?')} epochs"
+    ax.set_title(title, fontsize=10)
+    lines = ax.get_legend_handles_labels()[0] + acc_ax.get_legend_handles_labels()[0]
+    ax.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="upper right", facecolor="white")
+    return fig

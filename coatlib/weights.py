@@ -1,0 +1,218 @@
+"""Pretrained weights from torchvision for the model zoo.
+
+torchvision publishes ImageNet weights for ResNet, MobileNet V2/V3,
+EfficientNet (V1 and V2), ViT, Swin and ConvNeXt. coatlib builds the same
+architectures from its shared blocks, so the tensors are the same; only their
+names differ (coatlib's ``MBConv`` calls torchvision's ``block.1`` ``dw``, its
+attention calls ``in_proj_weight`` ``qkv.weight``, ...) and, for Swin, the
+layout of the relative-position bias table. ``load_torchvision_weights``
+renames and reshapes a torchvision state dict and checks that every tensor
+fits, so that::
+
+    import torchvision, coatlib
+    tv = torchvision.models.resnet50(weights="IMAGENET1K_V2")  # torchvision downloads, not coatlib
+    model = coatlib.load_torchvision_weights(coatlib.create_model("resnet50"), tv.state_dict())
+
+gives a coatlib ResNet-50 with the same ImageNet predictions. Nothing is
+downloaded here.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn as nn
+
+from coatlib.layers import MBConv
+from coatlib.models.convnext import ConvNeXt
+from coatlib.models.efficientnet import EfficientNet
+from coatlib.models.mobilenet import MobileNetV2, MobileNetV3
+from coatlib.models.resnet import ResNet
+from coatlib.models.swin import SwinTransformer
+from coatlib.models.vit import VisionTransformer
+
+# Buffers torchvision stores that coatlib recomputes from the window size.
+DERIVED = ("relative_position_index",)
+
+Rules = list[tuple[str, str | Callable[[re.Match], str]]]
+
+
+def _apply(rules: Rules, key: str) -> str:
+    for pattern, replacement in rules:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+RESNET: Rules = [
+    (r"^conv1\.", "stem.0."),  # the 7x7 stem conv and its BN form one ConvNormAct
+    (r"^bn1\.", "stem.1."),
+    (r"\.conv(\d)\.", r".conv\1.0."),  # block convs: conv{k} + bn{k} -> ConvNormAct conv{k}
+    (r"\.bn(\d)\.", r".conv\1.1."),
+]
+
+VIT: Rules = [
+    (r"^class_token$", "cls_token"),
+    (r"^conv_proj\.", "patch_embed.proj."),
+    (r"^encoder\.pos_embedding$", "pos_embed"),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.", r"blocks.\1."),
+    (r"\.ln_1\.", ".norm1."),
+    (r"\.ln_2\.", ".norm2."),
+    (r"\.self_attention\.in_proj_", ".attn.qkv."),  # nn.MultiheadAttention's stacked q, k, v = our qkv Linear
+    (r"\.self_attention\.out_proj\.", ".attn.proj."),
+    (r"\.mlp\.0\.", ".mlp.fc1."),
+    (r"\.mlp\.3\.", ".mlp.fc2."),
+    (r"^encoder\.ln\.", "norm."),
+    (r"^heads\.head\.", "head."),
+]
+
+
+def _stage(m: re.Match) -> str:
+    """Swin and ConvNeXt: torchvision's flat ``features.k`` alternates a stage's blocks (odd k)
+    and the down-sampling before the next stage (even k); coatlib groups both in ``stages.i``."""
+    k = int(m[1])
+    return f"stages.{k // 2}.blocks." if k % 2 else f"stages.{k // 2}.downsample."
+
+
+STAGES = (r"^features\.(\d+)\.", _stage)
+
+SWIN: Rules = [
+    (r"^features\.0\.0\.", "patch_embed.proj."),
+    (r"^features\.0\.2\.", "patch_embed.norm."),
+    STAGES,
+    (r"\.attn\.relative_position_bias_table$", ".attn.relative_bias_table"),
+    (r"\.mlp\.0\.", ".mlp.fc1."),
+    (r"\.mlp\.3\.", ".mlp.fc2."),
+]
+
+CONVNEXT: Rules = [
+    (r"^features\.0\.", "stem."),
+    STAGES,
+    (r"\.block\.0\.", ".dwconv."),
+    (r"\.block\.2\.", ".norm."),
+    (r"\.block\.3\.", ".mlp.fc1."),
+    (r"\.block\.5\.", ".mlp.fc2."),
+    (r"^classifier\.0\.", "norm."),
+    (r"^classifier\.2\.", "head."),
+]
+
+
+def _mbconv_rules(model: nn.Module, block_pattern: str, split_project: bool = False) -> Rules:
+    """torchvision keeps an inverted-residual block's layers in one ``nn.Sequential``
+    (``<block>.<j>.``) holding only the layers that exist; coatlib's ``MBConv`` names them
+    ``expand``, ``dw``, ``se``, ``project`` and leaves missing ones as ``nn.Identity``.
+    MobileNetV2 keeps the projection's conv and BN as two entries (``split_project``)."""
+
+    def rename(m: re.Match) -> str:
+        try:
+            block = model.get_submodule(m[1])
+        except AttributeError:
+            block = None
+        if not isinstance(block, MBConv):  # no such block: leave the key, it is reported as not fitting
+            return m[0]
+        names = [n for n in ("expand", "dw", "se", "project") if not isinstance(getattr(block, n), nn.Identity)]
+        if split_project:
+            names[-1:] = ["project.0", "project.1"]
+        j = int(m[2])
+        return f"{m[1]}.{names[j]}." if j < len(names) else m[0]
+
+    return [(block_pattern, rename)]
+
+
+def _rules_for(model: nn.Module) -> Rules:
+    if isinstance(model, ResNet):
+        return RESNET
+    if isinstance(model, MobileNetV2):
+        return _mbconv_rules(model, r"^(features\.\d+)\.conv\.(\d+)\.", split_project=True)
+    if isinstance(model, MobileNetV3):
+        return _mbconv_rules(model, r"^(features\.\d+)\.block\.(\d+)\.")
+    if isinstance(model, EfficientNet):
+        return _mbconv_rules(model, r"^(features\.\d+\.\d+)\.block\.(\d+)\.")
+    if isinstance(model, VisionTransformer):
+        return VIT
+    if isinstance(model, SwinTransformer):
+        return SWIN
+    if isinstance(model, ConvNeXt):
+        return CONVNEXT
+    supported = "ResNet, MobileNetV2, MobileNetV3, EfficientNet (B0-B7, V2), VisionTransformer, SwinTransformer, ConvNeXt"
+    raise TypeError(
+        f"torchvision has no counterpart of {type(model).__name__}, so there are no torchvision weights "
+        f"to load into it; load_torchvision_weights supports {supported}"
+    )
+
+
+def _convert(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Layouts that differ: Swin's bias table is ``((2w-1)^2, heads)`` in torchvision and
+    ``(heads, 2w-1, 2w-1)`` here; ConvNeXt's layer scale is ``(C, 1, 1)`` there and ``(C,)`` here."""
+    if key.endswith("relative_bias_table") and value.ndim == 2:
+        side = round(value.shape[0] ** 0.5)
+        return value.T.reshape(value.shape[1], side, side)
+    if key.endswith("layer_scale"):
+        return value.reshape(target.shape) if value.numel() == target.numel() else value
+    return value
+
+
+def _fits(key: str, value: torch.Tensor, target: torch.Tensor) -> bool:
+    """Same shape, or a table that the model resizes when it loads it (made for another
+    window or image size): Swin's bias table with the same heads, ViT's position
+    embedding with the same width."""
+    if value.shape == target.shape:
+        return True
+    if key.endswith("relative_bias_table"):  # (heads, 2w-1, 2w-1)
+        return value.ndim == 3 and value.shape[0] == target.shape[0]
+    if key.endswith("pos_embed"):  # (1, 1 + patches, D)
+        return value.ndim == 3 and value.shape[-1] == target.shape[-1]
+    return False
+
+
+def load_torchvision_weights(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor] | nn.Module | str | os.PathLike
+) -> nn.Module:
+    """Load a torchvision state dict of the same architecture into a coatlib ``model``.
+
+    ``state_dict`` is a torchvision model's ``state_dict()``, the torchvision
+    model itself, or the path of a saved state dict (read with
+    ``torch.load(..., weights_only=True)``). Every tensor is renamed (and
+    reshaped where the layouts differ) and must fit: a tensor with no place in
+    the model, a shape that differs, or a model tensor that the state dict
+    lacks raises a ``ValueError`` naming the first such key. ViT position
+    embeddings and Swin bias tables made for another image / window size are
+    resized. Returns ``model``.
+    """
+    rules = _rules_for(model)
+    if isinstance(state_dict, (str, os.PathLike)):
+        state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
+    elif isinstance(state_dict, nn.Module):
+        state_dict = state_dict.state_dict()
+    name = type(model).__name__
+    target = model.state_dict()
+    converted: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.endswith(DERIVED):
+            continue
+        new_key = _apply(rules, key)
+        if new_key not in target:
+            raise ValueError(
+                f"torchvision key {key!r} does not fit this {name}: it would go to {new_key!r}, which the model "
+                f"does not have. The weights come from a different architecture (another depth or family); "
+                f"build the coatlib model that matches them"
+            )
+        value = _convert(new_key, value, target[new_key])
+        if not _fits(new_key, value, target[new_key]):
+            raise ValueError(
+                f"torchvision key {key!r} does not fit this {name}: shape {tuple(value.shape)} but {new_key!r} "
+                f"has shape {tuple(target[new_key].shape)}. The weights come from a different architecture "
+                f"(another width or depth) or another number of classes: build the coatlib model that matches "
+                f"them (to fine-tune on other classes, load into the 1000-class model, then replace its classifier)"
+            )
+        converted[new_key] = value
+    missing = [k for k in target if k not in converted]
+    if missing:
+        raise ValueError(
+            f"the state dict does not fit this {name}: it has nothing for {missing[0]!r} ({len(missing)} model "
+            f"tensors missing in all). The weights come from a smaller architecture; build the coatlib model "
+            f"that matches them"
+        )
+    model.load_state_dict(converted)
+    return model

@@ -1,0 +1,427 @@
+"""The exercise checks: each accepts a correct answer and catches wrong ones with a useful message."""
+import einops
+import pytest
+import torch
+import torch.nn.functional as F
+
+import coatlib
+from coatlib import exercises as ex
+from coatlib.attention import RelativeAttention
+
+
+def run(check, fn):
+    result = check(fn, verbose=False)
+    assert str(result).startswith(check.__name__ + ": ")
+    return result
+
+
+def passes(check, fn):
+    result = run(check, fn)
+    assert result and result.message == "correct", result.message
+
+
+def fails(check, fn, *fragments):
+    result = run(check, fn)
+    assert not result and result.message.startswith("not yet.")
+    for fragment in fragments:
+        assert fragment in result.message, result.message
+    return result
+
+
+def test_reports_are_printed_and_every_check_registered(capsys):
+    ex.check_receptive_field(ex.receptive_field)
+    assert capsys.readouterr().out == "check_receptive_field: correct\n"
+    assert set(ex.CHECKS) == {n for n in dir(ex) if n.startswith("check_")}
+
+
+def test_stubs_and_crashes_and_non_functions_are_reported():
+    def depthwise_conv(x, weight):
+        raise NotImplementedError
+
+    fails(ex.check_depthwise_conv, depthwise_conv, "raises NotImplementedError", "replace the stub")
+    fails(ex.check_depthwise_conv, lambda x, w: x @ w, "raised RuntimeError", "tensor of shape (2, 3, 8, 8)")
+    fails(ex.check_depthwise_conv, torch.zeros(3), "expected your function, got Tensor")
+
+
+# chapter 1 ------------------------------------------------------------------
+
+
+def depthwise_conv(x, weight):
+    C, k = weight.shape[0], weight.shape[-1]
+    cols = F.unfold(x, k, padding=k // 2).view(x.shape[0], C, k * k, -1)
+    return (cols * weight.view(1, C, k * k, 1)).sum(2).view_as(x)
+
+
+def test_depthwise_conv():
+    passes(ex.check_depthwise_conv, depthwise_conv)
+    fails(ex.check_depthwise_conv, lambda x, w: F.conv2d(x, w, groups=x.shape[1]),
+          "returned shape (2, 3, 6, 6); expected (2, 3, 8, 8)", "no padding")
+    fails(ex.check_depthwise_conv, lambda x, w: depthwise_conv(x, w.flip(-2, -1)),
+          "values are wrong; the first at [batch=0, channel=0, row=0, col=0]", "you flipped the kernel")
+    fails(ex.check_depthwise_conv, lambda x, w: depthwise_conv(x.sum(1, keepdim=True).expand_as(x), w),
+          "summed over the input channels")
+    replicate = lambda x, w: F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), w, groups=x.shape[1])
+    fails(ex.check_depthwise_conv, replicate, "wrong only within 1 pixel(s) of the border")
+    fails(ex.check_depthwise_conv, lambda x, w: depthwise_conv(x, w) + 0.1, "expected", "the first at [batch=0")
+
+
+def mbconv_macs(c, k, h, w):
+    e = 4 * c
+    return h * w * (c * e + e * k * k + e * c) + 2 * e * (c // 4)
+
+
+def test_mbconv_macs():
+    passes(ex.check_mbconv_macs, mbconv_macs)
+    fails(ex.check_mbconv_macs, lambda c, k, h, w: h * w * 8 * c * (c + k * k // 2), "returned", "expected 242,067,456")
+    fails(ex.check_mbconv_macs, lambda c, k, h, w: h * w * 4 * c * (2 * c + k * k), "add the squeeze-excitation")
+    fails(ex.check_mbconv_macs, lambda c, k, h, w: h * w * (8 * c * c + c * k * k) + 2 * c * c, "expanded 4c channels")
+    fails(ex.check_mbconv_macs, lambda c, k, h, w: h * w * c * c * k * k, "standard k x k convolution")
+    fails(ex.check_mbconv_macs, lambda c, k, h, w: "many", "returned a str; return a number")
+
+
+def test_receptive_field_reference_matches_gradients():
+    """The reference formula agrees with the receptive field measured by back-propagation."""
+    for ks, ss in [([3, 3, 3], [2, 2, 1]), ([7, 3, 3], [2, 1, 2])]:
+        x = torch.zeros(1, 1, 64, 64, requires_grad=True)
+        y = x
+        for k, s in zip(ks, ss):
+            y = F.conv2d(y, torch.ones(1, 1, k, k), stride=s)
+        y[0, 0, 0, 0].backward()
+        rows = x.grad[0, 0].abs().sum(1).nonzero()
+        assert len(rows) == ex.receptive_field(ks, ss)
+
+
+def test_receptive_field():
+    passes(ex.check_receptive_field, ex.receptive_field)
+    fails(ex.check_receptive_field, lambda ks, ss: 1 + sum(k - 1 for k in ks), "returned 7, expected 15", "the strides matter")
+    fails(ex.check_receptive_field, lambda ks, ss: sum(ks), "([3, 3, 3], [1, 1, 1]) returned 9, expected 7", "each layer adds k - 1")
+
+    def own_stride(ks, ss):
+        size, step = 1, 1
+        for k, s in zip(ks, ss):
+            step *= s
+            size += (k - 1) * step
+        return size
+
+    fails(ex.check_receptive_field, own_stride, "does not widen its own window")
+
+
+# chapter 2 ------------------------------------------------------------------
+
+
+def attention(q, k, v):
+    return (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(-1) @ v
+
+
+def test_attention():
+    passes(ex.check_attention, attention)
+    fails(ex.check_attention, lambda q, k, v: (q @ k.transpose(-2, -1)).softmax(-1) @ v, "divide the scores by sqrt(d)")
+    fails(ex.check_attention, lambda q, k, v: (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(-2) @ v,
+          "softmax over the keys", "[batch=0, head=0, query=0, channel=")
+    fails(ex.check_attention, lambda q, k, v: (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(-1),
+          "returned shape (2, 3, 5, 5); expected (2, 3, 5, 8)", "you returned the attention weights")
+
+
+def patchify(images, p):
+    return einops.rearrange(images, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p)
+
+
+def test_patchify():
+    passes(ex.check_patchify, patchify)
+    fails(ex.check_patchify, lambda x, p: einops.rearrange(x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p),
+          "(C, p, p) order")
+    fails(ex.check_patchify, lambda x, p: einops.rearrange(x, "b c (h p1) (w p2) -> b (w h) (c p1 p2)", p1=p, p2=p),
+          "column by column")
+    fails(ex.check_patchify, lambda x, p: F.unfold(x, p, stride=p), "returned shape (2, 48, 4); expected (2, 4, 48)",
+          "tokens go along dimension 1")
+
+
+def attention_macs(n, dim):
+    return 4 * n * dim * dim + 2 * n * n * dim
+
+
+def test_attention_macs():
+    passes(ex.check_attention_macs, attention_macs)
+    fails(ex.check_attention_macs, lambda n, d: 4 * n * d * d, "four projections only")
+    fails(ex.check_attention_macs, lambda n, d: 4 * n * d * d + n * n * d, "two attention products")
+    fails(ex.check_attention_macs, lambda n, d: 3 * n * d * d + 2 * n * n * d, "output projection")
+
+
+# chapter 3 ------------------------------------------------------------------
+
+
+def relative_index(H, W):
+    ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    dy = ys.flatten()[:, None] - ys.flatten()[None, :]
+    dx = xs.flatten()[:, None] - xs.flatten()[None, :]
+    return (dy + H - 1) * (2 * W - 1) + (dx + W - 1)
+
+
+def test_relative_index():
+    passes(ex.check_relative_index, relative_index)
+    fails(ex.check_relative_index, lambda H, W: relative_index(H, W).T, "query minus key")
+    stride_w = lambda H, W: (relative_index(H, W) // (2 * W - 1)) * W + relative_index(H, W) % (2 * W - 1)
+    fails(ex.check_relative_index, stride_w, "[query=0, key=0] is 8, expected 12", "not W")
+    fails(ex.check_relative_index, lambda H, W: relative_index(H, W).float(), "return integers")
+
+
+def test_relative_attention_reference_matches_coatlib():
+    for softmax in ("pre", "post"):
+        attn = RelativeAttention(16, head_dim=8, map_size=(2, 3), softmax=softmax)
+        with torch.no_grad():
+            attn.relative_bias_table.normal_()
+        x = torch.randn(2, 2, 3, 16)
+        q, k, v = attn.qkv_heads(x.flatten(1, 2))
+        out = ex.relative_attention(q, k, v, attn.relative_bias_table, softmax)
+        want = attn.attention_weights(x) @ v
+        assert torch.allclose(out, want, atol=1e-5)
+
+
+def test_relative_attention():
+    passes(ex.check_relative_attention, ex.relative_attention)
+    swapped = lambda q, k, v, t, s: ex.relative_attention(q, k, v, t, "post" if s == "pre" else "pre")
+    fails(ex.check_relative_attention, swapped, "'post'-softmax form")
+    fails(ex.check_relative_attention, lambda q, k, v, t, s: ex.relative_attention(q, k, v, t.flip(1, 2), s), "yours is w[j - i]")
+    fails(ex.check_relative_attention, lambda q, k, v, t, s: ex.relative_attention(q, k, v, 0 * t, s), "table is missing")
+
+
+def static_kernel(table, row, col):
+    H, W = (table.shape[0] + 1) // 2, (table.shape[1] + 1) // 2
+    ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    return table[row - ys + H - 1, col - xs + W - 1].flatten().softmax(0).view(H, W)
+
+
+def test_static_kernel_reference_matches_coatlib():
+    attn = RelativeAttention(8, head_dim=8, map_size=(3, 4))
+    with torch.no_grad():
+        attn.relative_bias_table.normal_()
+        attn.qkv.bias.zero_()
+    a = attn.attention_weights(torch.zeros(1, 3, 4, 8))[0, 0]
+    for i in range(12):
+        assert torch.allclose(a[i].view(3, 4), static_kernel(attn.relative_bias_table[0], i // 4, i % 4), atol=1e-6)
+
+
+def test_static_kernel():
+    passes(ex.check_static_kernel, static_kernel)
+    fails(ex.check_static_kernel, lambda t, r, c: static_kernel(t.flip(0, 1), r, c), "yours is w[j - i]")
+    fails(ex.check_static_kernel, lambda t, r, c: static_kernel(t, r, c)[:, :-1], "returned shape (3, 2); expected (3, 3)")
+    H = lambda t: (t.shape[0] + 1) // 2
+    W = lambda t: (t.shape[1] + 1) // 2
+    raw = lambda t, r, c: t[r : r + H(t), c : c + W(t)].flip(0, 1)
+    fails(ex.check_static_kernel, raw, "apply the softmax")
+    whole_table = lambda t, r, c: t.flatten().softmax(0).view_as(t)[r : r + H(t), c : c + W(t)].flip(0, 1)
+    fails(ex.check_static_kernel, whole_table, "not over the whole table")
+
+
+# chapter 4 ------------------------------------------------------------------
+
+
+def attention_memory(image_size, stage, width, batch):
+    side = image_size // 2 ** (stage + 1)
+    return batch * (width // 32) * (side * side) ** 2 * 4
+
+
+def test_attention_memory():
+    passes(ex.check_attention_memory, attention_memory)
+    fails(ex.check_attention_memory, lambda i, s, w, b: attention_memory(i, s, 32, b), "returned 39,337,984, expected 118,013,952",
+          "multiply by the number of heads")
+    fails(ex.check_attention_memory, lambda i, s, w, b: attention_memory(2 * i, s, w, b), "the stem halves the image first")
+    fails(ex.check_attention_memory, lambda i, s, w, b: attention_memory(i, s, w, b) // 4, "4 bytes")
+    fails(ex.check_attention_memory, lambda i, s, w, b: attention_memory(i, s, w, 1), "(224, 3, 384, 8)", "batch size")
+
+
+def window_attention_macs(h, w, window, dim):
+    return 4 * h * w * dim * dim + 2 * h * w * window * window * dim
+
+
+def test_window_attention_macs():
+    passes(ex.check_window_attention_macs, window_attention_macs)
+    fails(ex.check_window_attention_macs, lambda h, w, win, d: window_attention_macs(h, w, h, d), "expected 145,108,992",
+          "global attention")
+    fails(ex.check_window_attention_macs, lambda h, w, win, d: 4 * h * w * d * d, "projections only")
+    fails(ex.check_window_attention_macs, lambda h, w, win, d: 4 * h * w * d * d + 2 * h * w * win * d, "window^2 tokens, not window")
+
+
+def test_window_partition():
+    passes(ex.check_window_partition, lambda x, w: einops.rearrange(x, "b (h p) (w q) c -> (b h w) (p q) c", p=w, q=w))
+    fails(ex.check_window_partition, lambda x, w: x.reshape(-1, w * w, x.shape[-1]), "strips of whole rows")
+    fails(ex.check_window_partition, lambda x, w: einops.rearrange(x, "b (h p) (w q) c -> (b w h) (p q) c", p=w, q=w),
+          "list the windows row by row")
+    fails(ex.check_window_partition, lambda x, w: einops.rearrange(x, "b (h p) (w q) c -> (b h w) (q p) c", p=w, q=w),
+          "tokens inside a window row by row")
+    fails(ex.check_window_partition, lambda x, w: x.reshape(-1, w, x.shape[-1]), "returned shape (24, 2, 3); expected (12, 4, 3)")
+
+
+# chapter 5 ------------------------------------------------------------------
+
+
+def coatnet_head(model, features):
+    return model.head(model.pre_logits(model.norm(features.mean((1, 2)))))
+
+
+def test_coatnet_head_is_the_models_head():
+    model = coatlib.create_model("coatnet_pico", num_classes=5, image_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(coatnet_head(model, model.forward_features(x)), model(x), atol=1e-6)
+
+
+def test_coatnet_head_check_leaves_the_random_state_alone():
+    state = torch.get_rng_state()
+    ex.check_coatnet_head(coatnet_head, verbose=False)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_coatnet_head():
+    passes(ex.check_coatnet_head, coatnet_head)
+    fails(ex.check_coatnet_head, lambda m, f: m.head(m.pre_logits(f.mean((1, 2)))), "apply model.norm")
+    fails(ex.check_coatnet_head, lambda m, f: m.head(m.pre_logits(m.norm(f).mean((1, 2)))), "pool first, then normalise")
+    fails(ex.check_coatnet_head, lambda m, f: m.head(m.pre_logits(m.norm(f.mean(-1)))), "raised RuntimeError")
+    fails(ex.check_coatnet_head, lambda m, f: coatnet_head(m, f).softmax(-1), "[image=0, class=0]")
+
+
+def transformer_params(cin, cout, map_size, head_dim):
+    h, w = map_size
+    attention = cin * 3 * cout + 3 * cout + cout * cout + cout + cout // head_dim * (2 * h - 1) * (2 * w - 1)
+    ffn = cout * 4 * cout + 4 * cout + 4 * cout * cout + cout
+    shortcut = cin * cout + cout if cin != cout else 0
+    return shortcut + 2 * cin + attention + 2 * cout + ffn
+
+
+def test_transformer_params():
+    passes(ex.check_transformer_params, transformer_params)
+
+    def with_tables(per_block):
+        """The right count, but with ``per_block(heads, one_table)`` bias entries instead of ``heads * one_table``."""
+        def count(a, b, s, h):
+            heads, one = b // h, (2 * s[0] - 1) * (2 * s[1] - 1)
+            return transformer_params(a, b, s, h) - heads * one + per_block(heads, one)
+        return count
+
+    fails(ex.check_transformer_params, with_tables(lambda heads, one: 0), "returned 1,627,008, expected 1,635,756",
+          "add the relative bias tables")
+    fails(ex.check_transformer_params, with_tables(lambda heads, one: one), "multiply by the number of heads")
+    fails(ex.check_transformer_params, with_tables(lambda heads, one: 8 * one), "not a fixed 8")
+    no_shortcut = lambda a, b, s, h: transformer_params(a, b, s, h) - (a * b + b if a != b else 0)  # noqa: E731
+    fails(ex.check_transformer_params, no_shortcut, "the shortcut projects Pool(x)")
+
+
+def resize_table(table, map_size):
+    size = (2 * map_size[0] - 1, 2 * map_size[1] - 1)
+    return F.interpolate(table[None], size=size, mode="bilinear", align_corners=True)[0]
+
+
+def test_resize_table():
+    passes(ex.check_resize_table, resize_table)
+    fails(ex.check_resize_table, lambda t, s: F.interpolate(t[None], size=s, mode="bilinear", align_corners=True)[0],
+          "returned shape (2, 12, 12)", "(2, 23, 23)")
+    fails(ex.check_resize_table, lambda t, s: F.interpolate(t[None], size=(2 * s[0] - 1, 2 * s[1] - 1), mode="bilinear")[0],
+          "align_corners=True")
+    fails(ex.check_resize_table, lambda t, s: F.interpolate(t[None], size=(2 * s[0] - 1, 2 * s[1] - 1), mode="nearest")[0],
+          "not by copying the nearest entry")
+
+
+# chapter 7 ------------------------------------------------------------------
+
+
+def channels_last_strides(shape):
+    N, C, H, W = shape
+    return (H * W * C, 1, W * C, C)
+
+
+def test_channels_last_strides():
+    passes(ex.check_channels_last_strides, channels_last_strides)
+    fails(ex.check_channels_last_strides, lambda s: torch.empty(s).stride(), "returned [60, 20, 5, 1]", "usual (NCHW")
+    fails(ex.check_channels_last_strides, lambda s: (s[1] * s[2] * s[3], s[3] * s[1], s[1], 1), "in memory order")
+    fails(ex.check_channels_last_strides, lambda s: (s[1] * s[2] * s[3], 1, s[3], s[1]), "the stride of H")
+    fails(ex.check_channels_last_strides, lambda s: "NHWC", "return a tuple or list of ints")
+
+
+def round_to_bf16(x):
+    bits = x.view(torch.int32)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -0x10000
+    return bits.view(torch.float32)
+
+
+def test_round_to_bf16():
+    passes(ex.check_round_to_bf16, round_to_bf16)
+    fails(ex.check_round_to_bf16, lambda x: (x.view(torch.int32) & -0x10000).view(torch.float32), "rounds towards zero")
+    fails(ex.check_round_to_bf16, lambda x: ((x.view(torch.int32) + 0x8000) & -0x10000).view(torch.float32),
+          "ties go to the even one")
+    fails(ex.check_round_to_bf16, lambda x: x.half().float(), "that is float16")
+    fails(ex.check_round_to_bf16, lambda x: x.bfloat16().float(), "made a bfloat16 tensor")
+    fails(ex.check_round_to_bf16, lambda x: round_to_bf16(x).double(), "returned a torch.float64 tensor")
+
+
+def shard_indices(n, world, rank):
+    per = -(-n // world)
+    padded = [i % n for i in range(per * world)]
+    return padded[rank::world]
+
+
+def test_shard_indices():
+    passes(ex.check_shard_indices, shard_indices)
+    fails(ex.check_shard_indices, lambda n, w, r: list(range(r, n, w)), "(10, 3, 1) returned [1, 4, 7], expected [1, 4, 7, 0]",
+          "pad by repeating the first indices")
+    fails(ex.check_shard_indices, lambda n, w, r: shard_indices(n, 1, 0)[r * -(-n // w) : (r + 1) * -(-n // w)],
+          "not a consecutive block")
+    fails(ex.check_shard_indices, lambda n, w, r: list(range(r, n - n % w, w)), "pads rather than drops")
+
+
+def ddp_gradient(model, images, labels, world):
+    params = list(model.parameters())
+    total = [torch.zeros_like(p) for p in params]
+    for x, y in zip(images.chunk(world), labels.chunk(world)):
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+        total = [t + g / world for t, g in zip(total, grads)]
+    return total
+
+
+def test_ddp_gradient():
+    passes(ex.check_ddp_gradient, ddp_gradient)
+    full = lambda m, x, y, w: list(torch.autograd.grad(F.cross_entropy(m(x), y), list(m.parameters())))  # noqa: E731
+    fails(ex.check_ddp_gradient, full, "gradient of 0.weight", "BatchNorm normalises each process's share")
+    fails(ex.check_ddp_gradient, lambda m, x, y, w: [g * w for g in ddp_gradient(m, x, y, w)], "2 times too large")
+    fails(ex.check_ddp_gradient, lambda m, x, y, w: ddp_gradient(m, x[: len(x) // w], y[: len(y) // w], 1),
+          "the first share only")
+    fails(ex.check_ddp_gradient, lambda m, x, y, w: ddp_gradient(m, x, y, w)[:2], "returned list of length 2; return a list of 6 tensors")
+
+
+# chapter 6 ------------------------------------------------------------------
+
+
+def scale_stage(channels, layers, width, depth):
+    c = channels * width
+    rounded = max(8, int(c + 4) // 8 * 8)
+    return (rounded + 8 if rounded < 0.9 * c else rounded), -(-layers * depth // 1)
+
+
+def test_scale_stage():
+    passes(ex.check_scale_stage, lambda c, n, w, d: (int(scale_stage(c, n, w, d)[0]), int(scale_stage(c, n, w, d)[1])))
+    fails(ex.check_scale_stage, lambda c, n, w, d: (round(c * w), n), "channels", "multiple of 8")
+    fails(ex.check_scale_stage, lambda c, n, w, d: (scale_stage(c, n, w, d)[0], round(n * d)), "layers", "round the number of layers *up*")
+    fails(ex.check_scale_stage, lambda c, n, w, d: scale_stage(c, n, w, d)[0], "return a pair")
+
+
+def shift_mask_answer(h, w, window, shift, regions=None):
+    def default(L):
+        p = torch.arange(L)
+        return (p >= L - window).long() + (p >= L - shift).long()
+
+    regions = regions or default
+    labels = regions(h)[:, None] * 3 + regions(w)[None, :]
+    labels = einops.rearrange(labels, "(a i) (b j) -> (a b) (i j)", i=window, j=window)
+    return labels[:, :, None] != labels[:, None, :]
+
+
+def test_shift_mask():
+    passes(ex.check_shift_mask, shift_mask_answer)
+    fails(ex.check_shift_mask, lambda h, w, win, s: ~shift_mask_answer(h, w, win, s), "*different* regions")
+    fails(ex.check_shift_mask, lambda h, w, win, s: torch.zeros(h // win * (w // win), win * win, win * win, dtype=torch.bool),
+          "values are wrong", "the map is shifted")
+    start = lambda win, s: lambda L: (torch.arange(L) >= win).long() + (torch.arange(L) >= s).long()  # noqa: E731
+    fails(ex.check_shift_mask, lambda h, w, win, s: shift_mask_answer(h, w, win, s, start(win, s)), "[L - window, L - shift)")
+    fails(ex.check_shift_mask, lambda h, w, win, s: shift_mask_answer(h, w, win, s).float(), "return a bool tensor")
+    column_major = lambda h, w, win, s: einops.rearrange(  # noqa: E731
+        shift_mask_answer(h, w, win, s), "(a b) i j -> (b a) i j", a=h // win)
+    fails(ex.check_shift_mask, column_major, "reading order")
