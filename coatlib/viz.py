@@ -147,11 +147,14 @@ def plot_layouts(result: dict, ax: plt.Axes | None = None, title: str | None = N
     ax.set_xlabel("layout")
     ax.set_ylabel("final training loss", color="#4c72b0")
     acc_ax.set_ylabel("test accuracy", color="#c44e52")
-    acc_ax.set_ylim(0, 1.02)
+    # head room above the bars and the line for the legend
+    ax.set_ylim(0, 1.35 * max(r["train_loss"] for r in rows))
+    acc_ax.set_ylim(0, 1.35)
+    acc_ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     if title is None:
         s = result.get("settings", {})
         title = f"{s.get('data', '?')}: {s.get('train_images', '?')} training images, {s.get('epochs', '?')} epochs"
     ax.set_title(title, fontsize=10)
     lines = ax.get_legend_handles_labels()[0] + acc_ax.get_legend_handles_labels()[0]
-    ax.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="upper right", facecolor="white")
+    ax.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="upper center", ncol=2, facecolor="white")
     return fig

@@ -19,7 +19,7 @@ for k, s in zip(kernel_sizes, strides):
     size += (k - 1) * step
     step *= s
 return size"""
-SEPARABLE_MACS = "return h * w * c_in * (k * k + c_out)"
+MBCONV_MACS = "e, r = 4 * c, c // 4\nreturn h * w * (c * e + e * k * k + e * c) + 2 * e * r"
 
 
 def solution_cell(signature, answer):
@@ -43,9 +43,9 @@ def chapter():
     cells = [
         new_markdown_cell("# A chapter"),
         new_code_cell("import coatlib", metadata={"tags": [INSTALL_TAG]}),
-        new_code_cell("from coatlib.exercises import check_receptive_field, check_separable_macs"),
+        new_code_cell("from coatlib.exercises import check_receptive_field, check_mbconv_macs"),
         *code_exercise("ex-rf", "receptive_field(kernel_sizes, strides)", RECEPTIVE_FIELD, "check_receptive_field"),
-        *code_exercise("ex-macs", "separable_macs(c_in, c_out, k, h, w)", SEPARABLE_MACS, "result = check_separable_macs", fence=":::"),
+        *code_exercise("ex-macs", "mbconv_macs(c, k, h, w)", MBCONV_MACS, "result = check_mbconv_macs", fence=":::"),
         new_markdown_cell("```{exercise} Why?\n:label: ex-why\n\nExplain.\n```"),
         new_markdown_cell("````{solution} ex-why\n:class: dropdown\n\nBecause:\n```python\nprint('the answer')\n```\n````\n\nText after the solution."),
     ]
@@ -78,11 +78,11 @@ def test_student_edition_removes_solutions_keeps_the_rest_and_clears_outputs():
     assert [cell.source for cell in stubs] == [
         'def receptive_field(kernel_sizes, strides):\n    """The reader writes this."""\n'
         "    # YOUR CODE HERE\n    raise NotImplementedError",
-        'def separable_macs(c_in, c_out, k, h, w):\n    """The reader writes this."""\n'
+        'def mbconv_macs(c, k, h, w):\n    """The reader writes this."""\n'
         "    # YOUR CODE HERE\n    raise NotImplementedError",
     ]
     assert all(not cell.outputs and cell.execution_count is None for cell in student.cells if cell.cell_type == "code")
-    assert student.metadata[cw.METADATA_KEY]["checks"] == {"ex-rf": ["check_receptive_field"], "ex-macs": ["check_separable_macs"]}
+    assert student.metadata[cw.METADATA_KEY]["checks"] == {"ex-rf": ["check_receptive_field"], "ex-macs": ["check_mbconv_macs"]}
     assert original.cells[7].outputs, "the original notebook is left untouched"
 
 
@@ -194,7 +194,7 @@ def test_grader_passes_the_original_fails_the_student_edition_and_reports_what_i
     messages = {path: [e["message"] for e in r["exercises"]] for path, r in results.items()}
     assert all("raises NotImplementedError" in m for m in messages[str(handout)])
     assert messages[str(attempt)][0].startswith("check_receptive_field: not yet.") and "each layer adds k - 1" in messages[str(attempt)][0]
-    assert messages[str(attempt)][1] == "the check cell is missing: restore the cell that calls check_separable_macs"
+    assert messages[str(attempt)][1] == "the check cell is missing: restore the cell that calls check_mbconv_macs"
     assert "kernel died" in results[str(crash)]["problem"] and all(m.startswith("not run") for m in messages[str(crash)])
     assert results[str(original)]["problem"] is None and results[str(original)]["ungraded"] == ["ex-why"]
     assert f"{original}: 2 of 2 exercises passed" in report
@@ -204,12 +204,12 @@ def test_grader_passes_the_original_fails_the_student_edition_and_reports_what_i
 
 def test_grader_reports_errors_in_check_cells_and_passes_only_when_all_pass(tmp_path, capsys):
     nb = chapter()
-    nb.cells[10].source = nb.cells[10].source.replace("def separable_macs", "def separable_mac")  # typo in the name
+    nb.cells[10].source = nb.cells[10].source.replace("def mbconv_macs", "def mbconv_mac")  # typo in the name
     path = write(nb, tmp_path / "typo.ipynb")
     assert cw.main(["grade", str(path)]) == 1
     report = capsys.readouterr().out
     assert "  passed  ex-rf    check_receptive_field\n" in report
-    assert "  FAILED  ex-macs  the check cell raised NameError: name 'separable_macs' is not defined" in report
+    assert "  FAILED  ex-macs  the check cell raised NameError: name 'mbconv_macs' is not defined" in report
 
 
 def test_a_notebook_that_runs_too_long_is_stopped_and_reported(tmp_path):
