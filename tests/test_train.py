@@ -192,7 +192,7 @@ def _launch(out, nproc, batch_size):
     batch 2B compute the same gradients (SyncBatchNorm, the cure for
     BatchNorm, needs CUDA).
     """
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc)] if nproc > 1 else []
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else []
     cmd = [sys.executable, *launcher, "-m", "coatlib.train", "--model", "coatnet_pico_vitrel", "--data", "same_different",
            "--data-size", "64", "--test-size", "64", "--epochs", "3", "--batch-size", str(batch_size), "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
