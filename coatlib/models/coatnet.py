@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from coatlib.attention import RelativeAttention, num_heads_for
-from coatlib.layers import ConvStem, DropPath, MBConv, Mlp, init_weights, make_pool, pair
+from coatlib.layers import ConvStem, DropPath, MBConv, Mlp, check_images, init_weights, make_pool, pair
 from coatlib.registry import register_model
 
 
@@ -235,11 +235,7 @@ class CoAtNet(nn.Module):
         return self.head(self.pre_logits(self.norm(x)))
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"expected images of shape (batch, {self.in_chans}, H, W) but got {tuple(x.shape)}: "
-                f"convert the images, or build the model with in_chans={x.shape[1] if x.ndim == 4 else '...'}"
-            )
+        check_images(x, self.in_chans, min_size=1)
         if tuple(x.shape[-2:]) != self.image_size:
             raise ValueError(
                 f"this model was built for {self.image_size[0]}x{self.image_size[1]} images but got "
