@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from coatlib.layers import pair
+from coatlib.layers import InferenceCache, pair
 
 
 def num_heads_for(dim: int, head_dim: int) -> int:
@@ -122,28 +122,17 @@ class RelativeAttention(MultiHeadAttention):
         self.relative_bias_table = nn.Parameter(torch.zeros(self.num_heads, 2 * H - 1, 2 * W - 1))
         nn.init.trunc_normal_(self.relative_bias_table, std=0.02)
         self.register_buffer("relative_index", relative_position_index(H, W), persistent=False)
-        self._cache: tuple[tuple, torch.Tensor] | None = None
+        self._cache = InferenceCache()
 
     def relative_bias(self) -> torch.Tensor:
-        """The bias ``w_{i-j}`` expanded from the table: ``(heads, N, N)``, ``N = H*W``."""
-        table = self.relative_bias_table
-        key = self.cache_key()
-        if key is None:
-            return self._expand(table)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._expand(table).detach())
-        return self._cache[1]
+        """The bias ``w_{i-j}`` expanded from the table: ``(heads, N, N)``, ``N = H*W``
+        (cached in eval mode until the table changes)."""
+        if self.training:
+            return self._expand()
+        return self._cache.get([self.relative_bias_table, self.relative_index], self._expand)
 
-    def cache_key(self) -> tuple | None:
-        """Identifies the table's current values when biases expanded from it may be cached
-        (eval mode, no gradient to the table, not while compiling); ``None`` otherwise."""
-        table = self.relative_bias_table
-        if self.training or torch.compiler.is_compiling() or (torch.is_grad_enabled() and table.requires_grad):
-            return None
-        return (id(table), table._version, table.device, table.dtype)
-
-    def _expand(self, table: torch.Tensor) -> torch.Tensor:
-        return table.flatten(1)[:, self.relative_index]
+    def _expand(self) -> torch.Tensor:
+        return self.relative_bias_table.flatten(1)[:, self.relative_index]
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The matrix that multiplies the values, ``(B, heads, N, N)`` (for "post": softmax + bias)."""
@@ -180,14 +169,12 @@ class RelativeAttention(MultiHeadAttention):
         self.relative_bias_table = nn.Parameter(table, requires_grad=self.relative_bias_table.requires_grad)
         self.map_size = (H, W)
         self.relative_index = relative_position_index(H, W).to(self.relative_index.device)
-        self._cache = None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "relative_bias_table"
         if key in state_dict and state_dict[key].shape != self.relative_bias_table.shape:
             state_dict[key] = resize_table(state_dict[key], tuple(self.relative_bias_table.shape[1:]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._cache = None
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, head_dim={self.head_dim}, map_size={self.map_size}, softmax={self.softmax!r}"

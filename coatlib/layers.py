@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 Layer = Callable[..., nn.Module]
 
@@ -54,12 +55,92 @@ class DepthwiseConv(nn.Conv2d):
         super().__init__(channels, channels, kernel_size, stride, padding=kernel_size // 2, groups=channels, bias=bias)
 
 
+class InferenceCache:
+    """A tensor derived from parameters (a folded conv weight, an expanded bias table),
+    computed once and reused while the parameters stay as they are.
+
+    ``cache.get(sources, compute, *extra)`` returns ``compute()``. The result is kept
+    and returned again as long as every source is the same tensor with the same
+    storage, version, device and dtype (an optimizer step, ``load_state_dict`` or any
+    other in-place update bumps the version) and ``extra`` is unchanged. Nothing is
+    cached while a gradient flows to a source or ``torch.compile`` traces the model.
+    Writes through ``tensor.data`` bypass the version counter: call ``clear()`` after those.
+    """
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self._sources: list[torch.Tensor] = []
+        self._key: tuple | None = None
+        self._value = None
+
+    def get(self, sources: list[torch.Tensor], compute: Callable[[], object], *extra):
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(s.requires_grad for s in sources)):
+            return compute()
+        key = tuple((s._version, s.data_ptr(), s.device, s.dtype) for s in sources) + extra
+        same = len(sources) == len(self._sources) and all(a is b for a, b in zip(sources, self._sources))
+        if not (same and key == self._key):
+            with torch.inference_mode(False), torch.no_grad():  # usable outside inference mode too
+                self._value = compute()
+            self._sources, self._key = list(sources), key
+        return self._value
+
+
+BatchNorms = (nn.BatchNorm2d, nn.SyncBatchNorm)
+
+
+def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm with running statistics is the per-channel affine map ``y = s * x + t`` with
+    ``s = gamma / sqrt(var + eps)`` and ``t = beta - s * mean`` (Ioffe & Szegedy 2015, Alg. 2)."""
+    s = bn.running_var.add(bn.eps).rsqrt()
+    if bn.weight is not None:
+        s = s * bn.weight
+    t = -s * bn.running_mean
+    return s, t if bn.bias is None else t + bn.bias
+
+
+def fold_batchnorm(
+    conv: nn.Conv2d, after: nn.Module | None = None, before: nn.Module | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of a single conv equal to ``after(conv(before(x)))`` for BatchNorms in eval mode.
+
+    A BatchNorm after the conv scales its output channels: ``W' = s_out W``,
+    ``b' = s_out b + t_out``. A BatchNorm before a 1x1 conv scales its input
+    channels: ``W' = W s_in``, ``b' = b + W t_in`` (with a k x k conv the zero
+    padding would see ``t_in`` at the border, so only 1x1 convs fold it).
+    """
+    weight = conv.weight
+    bias = conv.bias if conv.bias is not None else weight.new_zeros(weight.shape[0])
+    if before is not None:
+        s, t = batchnorm_affine(before)
+        bias = bias + weight.flatten(1) @ t
+        weight = weight * s[None, :, None, None]
+    if after is not None:
+        s, t = batchnorm_affine(after)
+        weight = weight * s[:, None, None, None]
+        bias = bias * s + t
+    return weight, bias
+
+
+def can_fold(bn: nn.Module | None) -> bool:
+    """A BatchNorm that normalises with running statistics (eval mode) is a fixed affine map."""
+    return isinstance(bn, BatchNorms) and not bn.training and bn.running_mean is not None
+
+
 class ConvNormAct(nn.Sequential):
     """``Conv2d -> norm -> activation``, the unit of every convolutional network.
 
     ``groups=in_chs`` (with ``in_chs == out_chs``) makes it a depthwise conv.
     Pass ``norm_layer=None`` or ``act_layer=None`` to leave either out.
+
+    Inference fast path: in eval mode a BatchNorm is a fixed affine map, so it is
+    folded into the conv's weight and bias (``fold_batchnorm``), computed once and
+    cached until a weight changes. The result equals the plain path to float
+    rounding; set ``fold_bn = False`` on a module to run conv and BatchNorm apart.
     """
+
+    fold_bn = True
 
     def __init__(
         self,
@@ -81,6 +162,46 @@ class ConvNormAct(nn.Sequential):
         if act_layer is not None:
             layers.append(act_layer())
         super().__init__(*layers)
+        self._folded = InferenceCache()
+
+    def forward(self, x: torch.Tensor, norm_before: nn.Module | None = None) -> torch.Tensor:
+        """``act(norm(conv(norm_before(x))))``; ``norm_before`` is a pre-activation BatchNorm
+        (CoAtNet's MBConv), folded into the conv too when the conv is 1x1."""
+        conv, layers = self[0], list(self)[1:]
+        if norm_before is not None and not (
+            self.fold_bn and can_fold(norm_before) and conv.kernel_size == (1, 1) and conv.groups == 1
+        ):
+            x, norm_before = norm_before(x), None  # applied on its own
+        after = layers.pop(0) if self.fold_bn and layers and can_fold(layers[0]) else None
+        if after is None and norm_before is None:
+            return super().forward(x)
+        sources = [t for m in (conv, after, norm_before) if m is not None for t in (*m.parameters(), *m.buffers())]
+        weight, bias = self._folded.get(sources, lambda: fold_batchnorm(conv, after, norm_before))
+        x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        for layer in layers:
+            x = layer(x)
+        return x
+
+
+def fold_batchnorms(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Turn the eval-mode BatchNorm folding of every ``ConvNormAct`` in ``model`` on or off
+    (off: conv and BatchNorm run one after the other, as written)."""
+    for m in model.modules():
+        if isinstance(m, ConvNormAct):
+            m.fold_bn = enabled
+    return model
+
+
+class GELU(nn.GELU):
+    """``nn.GELU`` (exact, erf form) that, like ``ReLU(inplace=True)``, overwrites its input
+    when no gradient is recorded through it: inference then allocates no new feature map
+    for the activation. Use it only on a tensor nothing else reads (the fresh output of
+    a conv or linear layer), as every block here does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return super().forward(x)
+        return torch.ops.aten.gelu_(x, approximate=self.approximate)
 
 
 class SqueezeExcite(nn.Module):
@@ -91,7 +212,7 @@ class SqueezeExcite(nn.Module):
     """
 
     def __init__(
-        self, channels: int, rd_channels: int, act_layer: Layer = nn.GELU, gate_layer: Layer = nn.Sigmoid
+        self, channels: int, rd_channels: int, act_layer: Layer = GELU, gate_layer: Layer = nn.Sigmoid
     ):
         super().__init__()
         self.fc1 = nn.Conv2d(channels, rd_channels, 1)
@@ -139,7 +260,7 @@ class MBConv(nn.Module):
         stride: int = 1,
         kernel_size: int = 3,
         se_chs: int = 0,
-        act_layer: Layer = nn.GELU,
+        act_layer: Layer = GELU,
         se_act_layer: Layer | None = None,
         norm_layer: Layer = nn.BatchNorm2d,
         pre_norm: bool = True,
@@ -183,7 +304,11 @@ class MBConv(nn.Module):
             self.shortcut = Downsample(in_chs, out_chs, stride, pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.project(self.se(self.dw(self.expand(self.norm(x)))))
+        if self.pre_norm and isinstance(self.expand, ConvNormAct):
+            h = self.expand(x, norm_before=self.norm)  # BN(x) -> 1x1 conv; folded into one conv in eval mode
+        else:
+            h = self.expand(self.norm(x))
+        y = self.project(self.se(self.dw(h)))
         if not self.has_shortcut:
             return y
         return self.shortcut(x) + self.drop_path(y)
@@ -217,7 +342,7 @@ def make_pool(kind: str, stride: int = 2) -> nn.Module:
 class Mlp(nn.Module):
     """The Transformer feed-forward network: ``fc2(act(fc1(x)))``, hidden width ``ratio * dim``."""
 
-    def __init__(self, dim: int, hidden: int, out_dim: int | None = None, act_layer: Layer = nn.GELU, drop: float = 0.0):
+    def __init__(self, dim: int, hidden: int, out_dim: int | None = None, act_layer: Layer = GELU, drop: float = 0.0):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = act_layer()
@@ -235,7 +360,7 @@ class ConvStem(nn.Sequential):
     input (pre-activation).
     """
 
-    def __init__(self, in_chs: int, out_chs: int, act_layer: Layer = nn.GELU):
+    def __init__(self, in_chs: int, out_chs: int, act_layer: Layer = GELU):
         super().__init__(
             ConvNormAct(in_chs, out_chs, 3, 2, act_layer=act_layer),
             nn.Conv2d(out_chs, out_chs, 3, 1, padding=1, bias=False),

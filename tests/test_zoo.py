@@ -250,7 +250,7 @@ def test_window_attention_eval_cache_matches_training_path():
     attn.eval()
     with torch.no_grad():
         first = attn(x)
-        assert attn._mask_cache is not None
+        assert attn._mask_cache._value is not None
         torch.testing.assert_close(attn(x), first)
         attn.relative_bias_table.add_(1.0)  # a changed table invalidates the cache
         changed = attn(x)

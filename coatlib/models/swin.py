@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from coatlib.attention import MultiHeadAttention, RelativeAttention
-from coatlib.layers import check_image_size, check_images, drop_path_rates, init_weights
+from coatlib.layers import InferenceCache, check_image_size, check_images, drop_path_rates, init_weights
 from coatlib.models.vit import EncoderBlock, PatchEmbed
 from coatlib.registry import register_model
 
@@ -96,7 +96,7 @@ class WindowAttention(RelativeAttention):
         if not 0 <= shift < window:
             raise ValueError(f"shift must be in [0, window={window}), got {shift}")
         self.window, self.shift = window, shift
-        self._mask_cache: tuple[tuple, torch.Tensor] | None = None
+        self._mask_cache = InferenceCache()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -124,15 +124,15 @@ class WindowAttention(RelativeAttention):
         bias = self.relative_bias()
         if not any(shift):
             return bias
-        table_key = self.cache_key()
-        key = None if table_key is None else (table_key, height, width, shift)
-        if key is not None and self._mask_cache is not None and self._mask_cache[0] == key:
-            combined = self._mask_cache[1]
-        else:
+
+        def combine() -> torch.Tensor:
             mask = shift_mask(height, width, self.window, shift, bias.device).to(bias.dtype)
-            combined = bias[None] + mask[:, None]
-            if key is not None:
-                self._mask_cache = (key, combined)
+            return bias[None] + mask[:, None]
+
+        if self.training:
+            combined = combine()
+        else:
+            combined = self._mask_cache.get([self.relative_bias_table], combine, height, width, shift)
         return combined.expand(batch, -1, -1, -1, -1).flatten(0, 1)
 
     def extra_repr(self) -> str:
