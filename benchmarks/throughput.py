@@ -7,7 +7,8 @@ SGD step), the ratio coatlib / timm at equal architecture (timm's
 ``coatnet_0_224`` uses the stride-2 depthwise down-sampling and average
 pooling, so coatlib is built with ``downsample="dw", pool="avg"``) and with
 coatlib's defaults, and the achieved GFLOP/s against a large matmul measured
-in the same run.
+in the same run. ``--no-fold`` turns off coatlib's eval-mode BatchNorm folding
+(the ablation: conv and BatchNorm run one after the other, as in timm).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import time
 import torch
 
 import coatlib
+from coatlib.layers import fold_batchnorms
 from peers import import_peer
 
 
@@ -79,6 +81,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    parser.add_argument("--no-fold", action="store_true", help="run BatchNorm apart from the convs")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -92,11 +95,15 @@ def main() -> None:
 
     peak = matmul_gflops(args.device)
     print(f"device: {args.device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
-          f"torch {torch.__version__}, batch {args.batch}, 224x224, {'bf16 autocast' if args.amp else 'fp32'}")
+          f"torch {torch.__version__}, batch {args.batch}, 224x224, {'bf16 autocast' if args.amp else 'fp32'}, "
+          f"coatlib's BatchNorm {'not ' if args.no_fold else ''}folded")
     print(f"2048x2048 matmul: {peak:.0f} GFLOP/s\n")
     print(f"| model | params | GMACs | infer img/s | train img/s | infer GFLOP/s (% of matmul) |")
     print("|---|---|---|---|---|---|")
     models = [(name, build()) for name, build in rows]
+    for name, model in models:
+        if name.startswith("coatlib"):
+            fold_batchnorms(model, not args.no_fold)
     closures = [steps(model, args) for _, model in models]
     infer = best_seconds([c[0] for c in closures], args.iters)
     train = best_seconds([c[1] for c in closures], max(2, args.iters // 2), warmup=1)

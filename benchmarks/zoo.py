@@ -15,6 +15,9 @@ over the peer's; rows below 0.95 are flagged.
 
 ``--models`` takes comma-separated glob patterns (``"resnet*,swin_t"``);
 ``--quick`` runs only the smallest model of each family with fewer rounds.
+``--no-fold`` turns off coatlib's eval-mode BatchNorm folding (conv and
+BatchNorm then run one after the other, as in the peers): the ablation that
+shows how much of the speed comes from it.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import fnmatch
 import torch
 
 import coatlib
+from coatlib.layers import fold_batchnorms
 from peers import import_peer
 from throughput import best_seconds
 
@@ -68,6 +72,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--no-fold", action="store_true", help="run BatchNorm apart from the convs")
     args = parser.parse_args()
     names = QUICK if args.quick else zoo_models()
     if args.models:
@@ -80,12 +85,12 @@ def main() -> None:
     torch.manual_seed(0)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, 224x224, fp32 inference, "
-          f"best of {rounds} after {args.warmup} warm-up runs")  # fmt: skip
+          f"best of {rounds} after {args.warmup} warm-up runs, BatchNorm {'not ' if args.no_fold else ''}folded")  # fmt: skip
     print("| model | params | GMACs | coatlib img/s | peer | peer params | peer GMACs | peer img/s | ratio | max abs logit diff |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     slow = []
     for name in names:
-        model = coatlib.create_model(name).eval()
+        model = fold_batchnorms(coatlib.create_model(name).eval(), not args.no_fold)
         label, peer = build_peer(name, torchvision, timm)
         row = f"| {name} | {coatlib.flops.count_params(model) / 1e6:.2f}M | {coatlib.count_flops(model, 224) / 1e9:.2f} |"
         if peer is None:

@@ -311,7 +311,8 @@ class MBConv(nn.Module):
         y = self.project(self.se(self.dw(h)))
         if not self.has_shortcut:
             return y
-        return self.shortcut(x) + self.drop_path(y)
+        y = self.drop_path(y)
+        return y.add_(self.shortcut(x))  # in place: y is this block's own fresh tensor
 
 
 class Downsample(nn.Sequential):
