@@ -250,6 +250,10 @@ class MBConv(nn.Module):
     one full ``k x k`` conv (``expand``, carrying the stride; ``dw`` is left
     out). With expansion ratio 1 (``mid_chs == in_chs``) the ``k x k`` conv maps
     straight to ``out_chs`` with its activation and there is no ``project``.
+
+    In eval mode the pre-norm BatchNorm folds into the expand 1x1 conv together
+    with the BatchNorm after it (see ``ConvNormAct``), so the block runs no
+    BatchNorm at all.
     """
 
     def __init__(
