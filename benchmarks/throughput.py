@@ -9,11 +9,14 @@ pooling, so coatlib is built with ``downsample="dw", pool="avg"``) and with
 coatlib's defaults, and the achieved GFLOP/s against a large matmul measured
 in the same run. ``--no-fold`` turns off coatlib's eval-mode BatchNorm folding
 (the ablation: conv and BatchNorm run one after the other, as in timm).
+Images/s are from each model's best round; the speed-ups are medians of the
+per-round ratios (``paired_speedup``), which hold up when the load changes.
 """
 from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 
 import torch
@@ -23,19 +26,33 @@ from coatlib.layers import fold_batchnorms
 from peers import import_peer
 
 
-def best_seconds(fns: list, rounds: int, warmup: int = 2) -> list[float]:
-    """Best time of each function over ``rounds``, run in turns so that every
-    function sees the same machine load (the fairest comparison on a busy machine)."""
+def timed_rounds(fns: list, rounds: int, warmup: int = 2) -> list[list[float]]:
+    """Seconds of every call: ``times[i][r]`` is function ``i`` in round ``r``. The functions run
+    in turns, so the calls of one round see about the same machine load, and in reverse order
+    every other round, so that none always runs right after another."""
     for fn in fns:
         for _ in range(warmup):
             fn()
-    best = [float("inf")] * len(fns)
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(rounds):
+        order = list(enumerate(fns))
+        for i, fn in order if r % 2 == 0 else order[::-1]:  # alternate who goes first
             t = time.perf_counter()
             fn()
-            best[i] = min(best[i], time.perf_counter() - t)
-    return best
+            times[i].append(time.perf_counter() - t)
+    return times
+
+
+def best_seconds(fns: list, rounds: int, warmup: int = 2) -> list[float]:
+    """Best time of each function over ``rounds``, run in turns (``timed_rounds``)."""
+    return [min(t) for t in timed_rounds(fns, rounds, warmup)]
+
+
+def paired_speedup(times: list[list[float]], i: int, j: int) -> float:
+    """How many times faster function ``i`` is than ``j``: the median over rounds of ``j``'s time
+    over ``i``'s in the same round. Robust to the load changing during a run, which a ratio of
+    two best times is not: each best may come from a different, quieter moment."""
+    return statistics.median(tj / ti for ti, tj in zip(times[i], times[j]))
 
 
 def matmul_gflops(device: str, n: int = 2048, iters: int = 5) -> float:
@@ -105,22 +122,19 @@ def main() -> None:
         if name.startswith("coatlib"):
             fold_batchnorms(model, not args.no_fold)
     closures = [steps(model, args) for _, model in models]
-    infer = best_seconds([c[0] for c in closures], args.iters)
-    train = best_seconds([c[1] for c in closures], max(2, args.iters // 2), warmup=1)
-    results = {}
-    for (name, model), t_inf, t_tr in zip(models, infer, train):
+    infer = timed_rounds([c[0] for c in closures], args.iters)
+    train = timed_rounds([c[1] for c in closures], max(2, args.iters // 2), warmup=1)
+    for i, (name, model) in enumerate(models):
         params = sum(p.numel() for p in model.parameters()) / 1e6
         macs = coatlib.count_flops(model, 224) / 1e9
-        inf, tr = args.batch / t_inf, args.batch / t_tr
-        results[name] = (inf, tr)
+        inf, tr = args.batch / min(infer[i]), args.batch / min(train[i])
         gflops = 2 * macs * inf
         print(f"| {name} | {params:.2f}M | {macs:.2f} | {inf:.2f} | {tr:.2f} | {gflops:.0f} ({100 * gflops / peak:.0f}%) |")
     if timm is not None:
-        t_inf, t_tr = results["timm coatnet_0_224"]
-        print()
-        for name, (inf, tr) in results.items():
-            if not name.startswith("timm"):
-                print(f"{name}: inference {inf / t_inf:.2f}x timm, training step {tr / t_tr:.2f}x timm")
+        print("\nspeed-up over timm (median over rounds of the paired times):")
+        for i, (name, _) in enumerate(models[1:], start=1):
+            print(f"{name}: inference {paired_speedup(infer, i, 0):.2f}x timm, "
+                  f"training step {paired_speedup(train, i, 0):.2f}x timm")
     else:
         print("\ntimm is not importable: no side-by-side ratio")
 

@@ -12,7 +12,9 @@ timing, torchvision's random weights are loaded into the coatlib model
 (``load_torchvision_weights``) and the largest logit difference is printed,
 divided by the largest logit when that is above 1 (random weights without
 training make some logits huge): it shows that the two are the same function.
-``ratio`` is coatlib images/s over the peer's; rows below 0.95 are flagged.
+Images/s come from each model's best round; ``ratio`` is coatlib's speed-up
+over the peer, the median over rounds of the paired times (``paired_speedup``:
+robust to the load changing during the run); rows below 0.95 are flagged.
 The peer GMACs of torchvision's ViTs miss the attention matmuls: their fused
 ``nn.MultiheadAttention`` kernel is invisible to ``FlopCounterMode``.
 
@@ -32,7 +34,7 @@ import torch
 import coatlib
 from coatlib.layers import fold_batchnorms
 from peers import import_peer
-from throughput import best_seconds
+from throughput import paired_speedup, timed_rounds
 
 FAMILIES = ("resnet", "mobilenet", "efficientnet", "vit", "swin", "convnext")
 QUICK = ["resnet18", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "efficientnet_v2_s",
@@ -54,7 +56,8 @@ def build_peer(name: str, torchvision, timm):
     return None, None
 
 
-def images_per_second(models: list[torch.nn.Module], batch: int, rounds: int, warmup: int) -> list[float]:
+def inference_rounds(models: list[torch.nn.Module], batch: int, rounds: int, warmup: int) -> list[list[float]]:
+    """Seconds of each model's inference on one batch, every round (``timed_rounds``)."""
     x = torch.randn(batch, 3, 224, 224)
 
     def infer(model):
@@ -64,8 +67,7 @@ def images_per_second(models: list[torch.nn.Module], batch: int, rounds: int, wa
 
         return run
 
-    seconds = best_seconds([infer(m.eval()) for m in models], rounds, warmup)
-    return [batch / s for s in seconds]
+    return timed_rounds([infer(m.eval()) for m in models], rounds, warmup)
 
 
 def main() -> None:
@@ -97,7 +99,7 @@ def main() -> None:
         label, peer = build_peer(name, torchvision, timm)
         row = f"| {name} | {coatlib.flops.count_params(model) / 1e6:.2f}M | {coatlib.count_flops(model, 224) / 1e9:.2f} |"
         if peer is None:
-            (ips,) = images_per_second([model], args.batch, rounds, args.warmup)
+            ips = args.batch / min(inference_rounds([model], args.batch, rounds, args.warmup)[0])
             print(f"{row} {ips:.1f} | (none) | | | | | |", flush=True)
             continue
         peer.eval()
@@ -109,8 +111,9 @@ def main() -> None:
                 expected = peer(x)
                 scale = max(1.0, expected.abs().max().item())  # torchvision's ViT starts with a zero head
                 diff = f"{(model(x) - expected).abs().max().item() / scale:.1e}"
-        ips, peer_ips = images_per_second([model, peer], args.batch, rounds, args.warmup)
-        ratio = ips / peer_ips
+        times = inference_rounds([model, peer], args.batch, rounds, args.warmup)
+        ips, peer_ips = args.batch / min(times[0]), args.batch / min(times[1])
+        ratio = paired_speedup(times, 0, 1)
         if ratio < 0.95:
             slow.append(name)
         print(f"{row} {ips:.1f} | {label} | {coatlib.flops.count_params(peer) / 1e6:.2f}M | "
