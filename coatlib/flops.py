@@ -1,5 +1,8 @@
-"""Model summaries (torchinfo) and compute counts (``torch.utils.flop_counter``)."""
+"""Model summaries (torchinfo), compute counts (``torch.utils.flop_counter``) and measured time."""
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -68,3 +71,18 @@ def summary(model: nn.Module, image_size: int | tuple[int, int] = 224, depth: in
     from torchinfo import summary as _summary
 
     return _summary(model, input_data=_example_input(model, image_size), depth=depth, verbose=0, **kwargs)
+
+
+def best_time(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
+    """Best wall-clock seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed ones.
+
+    The best, not the mean: other work on the machine can only add time to a call.
+    """
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)

@@ -308,8 +308,8 @@ class MBConv(nn.Module):
             self.shortcut = Downsample(in_chs, out_chs, stride, pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pre_norm and isinstance(self.expand, ConvNormAct):
-            h = self.expand(x, norm_before=self.norm)  # BN(x) -> 1x1 conv; folded into one conv in eval mode
+        if isinstance(self.expand, ConvNormAct):  # BN(x) -> 1x1 conv: one conv in eval mode
+            h = self.expand(x, norm_before=self.norm)
         else:
             h = self.expand(self.norm(x))
         y = self.project(self.se(self.dw(h)))

@@ -1,4 +1,6 @@
 """Shared blocks: depthwise conv (Eq. 1), MBConv's two down-sampling modes, SE, DropPath, FLOPs."""
+import time
+
 import pytest
 import torch
 import torch.nn as nn
@@ -210,3 +212,15 @@ def test_gelu_works_in_place_without_gradients_and_out_of_place_with():
     F.gelu(x2).sum().backward()
     torch.testing.assert_close(x.grad, x2.grad)
     torch.testing.assert_close(x.detach(), x2.detach())  # the input is left as it was
+
+
+def test_best_time_is_the_fastest_of_the_timed_calls():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.02 if len(calls) == 2 else 0.001)  # the first timed call is slow
+
+    seconds = coatlib.flops.best_time(fn, repeats=3, warmup=1)
+    assert len(calls) == 4
+    assert 0.001 <= seconds < 0.02
