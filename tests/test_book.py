@@ -15,8 +15,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from coatlib import book
-from coatlib.exercises import CHECKS
+from coatlib.teaching import book
+from coatlib.teaching.exercises import CHECKS
 
 nbformat = pytest.importorskip("nbformat")
 
@@ -67,7 +67,7 @@ def test_config():
 def test_first_code_cell_is_the_stamped_install_cell(path):
     code = [c for c in read(path).cells if c.cell_type == "code"]
     install = book.install_source(*book.repository(ROOT))
-    assert code[0].source == install, f"run `python -m coatlib.book execute {path.relative_to(ROOT)}`"
+    assert code[0].source == install, f"run `python -m coatlib.teaching.book execute {path.relative_to(ROOT)}`"
     assert book.INSTALL_TAG in code[0].metadata.get("tags", [])
     assert not any(book.INSTALL_TAG in c.metadata.get("tags", []) for c in code[1:])
     assert not code[0].get("outputs"), "the install cell prints nothing where coatlib is installed"
@@ -147,7 +147,7 @@ def test_outputs_come_from_one_clean_run(path):
     skipped = [c for c in code if "skip-execution" in c.metadata.get("tags", [])]
     ran = [c for c in code if c not in skipped]
     assert [c.execution_count for c in ran] == list(range(1, len(ran) + 1)), (
-        f"not executed top to bottom in one run: `python -m coatlib.book execute {path.relative_to(ROOT)}`"
+        f"not executed top to bottom in one run: `python -m coatlib.teaching.book execute {path.relative_to(ROOT)}`"
     )
     for cell in skipped:  # shown but not run offline (e.g. downloads in Colab): nbval must skip it too
         assert cell.source.startswith("# NBVAL_SKIP") and not cell.outputs, f"skipped cell {cell.source[:60]!r}"

@@ -1,7 +1,7 @@
 """The coursework tools: the student edition hides every solution, the grader reports each exercise.
 
 The grading tests execute small notebooks built here with the book's conventions
-(``coatlib.book``) and real checks from ``coatlib.exercises``; one slow test
+(``coatlib.teaching.book``) and real checks from ``coatlib.teaching.exercises``; one slow test
 runs a real chapter, as the student edition (all fail) and as written (all pass).
 """
 import json
@@ -10,8 +10,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from coatlib import coursework as cw
-from coatlib.book import BEGIN_SOLUTION, END_SOLUTION, INSTALL_TAG, SOLUTION_TAG, find_root, toc_notebooks
+from coatlib.teaching import coursework as cw
+from coatlib.teaching.book import BEGIN_SOLUTION, END_SOLUTION, INSTALL_TAG, SOLUTION_TAG, find_root, toc_notebooks
 
 RECEPTIVE_FIELD = """\
 size, step = 1, 1
@@ -43,7 +43,7 @@ def chapter():
     cells = [
         new_markdown_cell("# A chapter"),
         new_code_cell("import coatlib", metadata={"tags": [INSTALL_TAG]}),
-        new_code_cell("from coatlib.exercises import check_receptive_field, check_mbconv_macs"),
+        new_code_cell("from coatlib.teaching.exercises import check_receptive_field, check_mbconv_macs"),
         *code_exercise("ex-rf", "receptive_field(kernel_sizes, strides)", RECEPTIVE_FIELD, "check_receptive_field"),
         *code_exercise("ex-macs", "mbconv_macs(c, k, h, w)", MBCONV_MACS, "result = check_mbconv_macs", fence=":::"),
         new_markdown_cell("```{exercise} Why?\n:label: ex-why\n\nExplain.\n```"),

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import coatlib
-from coatlib import exercises as ex
+from coatlib.teaching import exercises as ex
 from coatlib.attention import RelativeAttention
 
 

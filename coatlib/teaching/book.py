@@ -2,8 +2,8 @@
 
 Usage, from the repository root (where ``_config.yml`` is)::
 
-    python -m coatlib.book execute                       # every notebook listed in _toc.yml
-    python -m coatlib.book execute notebooks/01_depthwise_convolution.ipynb
+    python -m coatlib.teaching.book execute                       # every notebook listed in _toc.yml
+    python -m coatlib.teaching.book execute notebooks/01_depthwise_convolution.ipynb
 
 ``execute`` first writes the install cell (below) into the notebook, then runs
 it top to bottom with ``nbclient`` and saves it with its new outputs: the
@@ -28,7 +28,7 @@ them, and the coursework tools build the student edition on them):
     ``# BEGIN SOLUTION`` and ``# END SOLUTION`` are the answer; the rest (the
     ``def`` line and its docstring) is what the student gets. After
     ``{solution-end}`` a code cell calls the exercise's check from
-    :mod:`coatlib.exercises`, e.g. ``check_depthwise_conv(depthwise_conv)``.
+    :mod:`coatlib.teaching.exercises`, e.g. ``check_depthwise_conv(depthwise_conv)``.
 
   A student edition drops the ``{solution}`` cells and the
   ``{solution-start}``/``{solution-end}`` cells, and replaces each marked block
@@ -149,7 +149,7 @@ def execute(path: Path, install: str, timeout: int = 600) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m coatlib.book", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m coatlib.teaching.book", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("execute", help="re-execute notebooks in place (default: all notebooks in _toc.yml)")
     run.add_argument("notebooks", nargs="*", type=Path, help="notebook files (default: every one in _toc.yml)")

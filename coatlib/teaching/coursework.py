@@ -2,12 +2,12 @@
 
 Usage, from the repository root::
 
-    python -m coatlib.coursework student-edition OUT_DIR [NOTEBOOK...]
-    python -m coatlib.coursework grade NOTEBOOK... [--timeout S] [--json FILE]
+    python -m coatlib.teaching.coursework student-edition OUT_DIR [NOTEBOOK...]
+    python -m coatlib.teaching.coursework grade NOTEBOOK... [--timeout S] [--json FILE]
 
 ``student-edition`` writes a copy of the notebooks (default: every notebook in
 ``_toc.yml``) into ``OUT_DIR`` with the solutions removed and the outputs
-cleared. It relies on the cell conventions described in :mod:`coatlib.book`:
+cleared. It relies on the cell conventions described in :mod:`coatlib.teaching.book`:
 the ``{solution}`` cells and everything from ``{solution-start}`` to
 ``{solution-end}`` that is not code are dropped; in each code cell the lines
 from ``# BEGIN SOLUTION`` to ``# END SOLUTION`` become a stub that raises
@@ -22,7 +22,7 @@ dies, is reported and the next notebook is graded), then prints, per exercise,
 status is 1 when any exercise failed or any notebook could not be graded.
 
 How a result is read: a cell inserted after the install cell makes every check
-of :mod:`coatlib.exercises` also publish its :class:`~coatlib.exercises.CheckResult`
+of :mod:`coatlib.teaching.exercises` also publish its :class:`~coatlib.teaching.exercises.CheckResult`
 as a display output of type ``application/vnd.coatlib.check+json`` (nothing is
 shown for it in a notebook). A check cell belongs to the exercise of the
 nearest ``{exercise}`` label (or ``{solution-start}``/``{solution}`` argument)
@@ -41,14 +41,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from coatlib.book import BEGIN_SOLUTION, END_SOLUTION, INSTALL_TAG, KERNELSPEC, SOLUTION_TAG, find_root, toc_notebooks
+from coatlib.teaching.book import BEGIN_SOLUTION, END_SOLUTION, INSTALL_TAG, KERNELSPEC, SOLUTION_TAG, find_root, toc_notebooks
 
 RESULT_MIME = "application/vnd.coatlib.check+json"
 METADATA_KEY = "coursework"
 STUB = "# YOUR CODE HERE\nraise NotImplementedError"
 SOLUTION_DIRECTIVES = ("solution", "solution-start", "solution-end")
 EXERCISE_DIRECTIVES = ("exercise", "exercise-start")
-RECORDER = "import coatlib.coursework as _coursework\n_coursework.record_checks()\ndel _coursework"
+RECORDER = "import coatlib.teaching.coursework as _coursework\n_coursework.record_checks()\ndel _coursework"
 
 # ---------------------------------------------------------------------------
 # Reading the MyST directives of a markdown cell
@@ -101,8 +101,8 @@ def exercise_label(directive: Directive) -> str | None:
 
 
 def called_checks(source: str) -> list[str]:
-    """Names of the :mod:`coatlib.exercises` checks that ``source`` calls, in order."""
-    from coatlib.exercises import CHECKS
+    """Names of the :mod:`coatlib.teaching.exercises` checks that ``source`` calls, in order."""
+    from coatlib.teaching.exercises import CHECKS
 
     return list(dict.fromkeys(name for name in _CALL.findall(source) if name in CHECKS))
 
@@ -227,9 +227,9 @@ def write_student_edition(notebooks: list[Path], out_dir: Path) -> list[Path]:
 
 
 def record_checks() -> None:
-    """Make every check of :mod:`coatlib.exercises` also publish its result as a ``RESULT_MIME``
+    """Make every check of :mod:`coatlib.teaching.exercises` also publish its result as a ``RESULT_MIME``
     display output of the cell that calls it (the grader inserts a cell that calls this)."""
-    from coatlib import exercises
+    from coatlib.teaching import exercises
 
     for name, check in list(exercises.CHECKS.items()):
         exercises.CHECKS[name] = _recording(check)
@@ -403,7 +403,7 @@ def grade(notebooks: list[Path], timeout: float = 300) -> tuple[list[NotebookRes
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m coatlib.coursework", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m coatlib.teaching.coursework", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     edition = sub.add_parser("student-edition", help="copy the notebooks without solutions and outputs")
     edition.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder for the student notebooks")
