@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
-from coatlib.layers import InferenceCache, pair
+from coatlib.layers import pair
 
 
 def num_heads_for(dim: int, head_dim: int) -> int:
@@ -48,9 +49,8 @@ class MultiHeadAttention(nn.Module):
         self.proj = nn.Linear(dim_out, dim_out)
 
     def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(B, N, dim) -> q, k, v`` each ``(B, heads, N, head_dim)``."""
-        B, N, _ = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        """``(B, N, dim) -> q, k, v``, each ``(B, heads, N, head_dim)``."""
+        qkv = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
         return qkv.unbind(0)
 
     def logits(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -58,17 +58,23 @@ class MultiHeadAttention(nn.Module):
         s = (q * self.scale) @ k.transpose(-2, -1)
         return s if bias is None else s + bias
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        q, k, v = self.qkv_heads(x)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``softmax(q k^T / sqrt(d) + bias) v``, each head: ``(B, heads, N, head_dim)``."""
         if bias is not None:
             bias = bias.to(q.dtype)
             if bias.ndim == 3:  # (heads, N, N) -> (1, heads, N, N): the fused CPU kernel's fast path wants 4-D
                 bias = bias.unsqueeze(0)
         if self.fused:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        else:
-            out = self.logits(q, k, bias).softmax(-1) @ v
-        return self.proj(out.transpose(1, 2).flatten(2))
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.logits(q, k, bias).softmax(-1) @ v
+
+    def merge_heads(self, out: torch.Tensor) -> torch.Tensor:
+        """``(B, heads, N, head_dim) -> (B, N, dim_out)``: concatenate the heads, then the output projection."""
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self.qkv_heads(x)  # (B, N, dim) -> 3 x (B, heads, N, head_dim)
+        return self.merge_heads(self.attend(q, k, v, bias))  # (B, N, dim_out)
 
 
 def relative_position_index(height: int, width: int) -> torch.Tensor:
@@ -93,15 +99,15 @@ class RelativeAttention(MultiHeadAttention):
     * ``softmax="pre"`` (the paper's choice): ``A_ij = softmax_j(q_i.k_j / sqrt(d) + w_{i-j})``
     * ``softmax="post"``: ``A_ij = softmax_j(q_i.k_j / sqrt(d)) + w_{i-j}``
 
-    The input is a channels-last map ``(B, H, W, dim)``; the output is
-    ``(B, H, W, dim_out)``. The pre-softmax form runs through the fused
+    The input is a channels-first map ``(B, dim, H, W)``; the output is
+    ``(B, dim_out, H, W)``. The pre-softmax form runs through the fused
     ``scaled_dot_product_attention`` with the bias as ``attn_mask``.
 
-    In eval mode without gradients the expanded bias ``(heads, N, N)`` is
-    cached; the cache is dropped whenever the table changes (optimizer step,
-    ``load_state_dict``, resizing). A checkpoint whose tables were made for
-    another map size is resized on load with bilinear interpolation, as the
-    paper does when fine-tuning at 384.
+    The bias is expanded from the table on every call (a gather, cheap next to
+    the attention itself); :func:`coatlib.fuse` stores the expanded bias once
+    for inference. A checkpoint whose tables were made for another map size is
+    resized on load with bilinear interpolation, as the paper does when
+    fine-tuning at 384.
     """
 
     def __init__(
@@ -122,44 +128,37 @@ class RelativeAttention(MultiHeadAttention):
         self.relative_bias_table = nn.Parameter(torch.zeros(self.num_heads, 2 * H - 1, 2 * W - 1))
         nn.init.trunc_normal_(self.relative_bias_table, std=0.02)
         self.register_buffer("relative_index", relative_position_index(H, W), persistent=False)
-        self._cache = InferenceCache()
 
     def relative_bias(self) -> torch.Tensor:
-        """The bias ``w_{i-j}`` expanded from the table: ``(heads, N, N)``, ``N = H*W``
-        (cached in eval mode until the table changes)."""
-        if self.training:
-            return self._expand()
-        return self._cache.get([self.relative_bias_table, self.relative_index], self._expand)
-
-    def _expand(self) -> torch.Tensor:
+        """The bias ``w_{i-j}`` expanded from the table: ``(heads, N, N)``, ``N = H*W``."""
         return self.relative_bias_table.flatten(1)[:, self.relative_index]
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The matrix that multiplies the values, ``(B, heads, N, N)`` (for "post": softmax + bias)."""
-        q, k, _ = self.qkv_heads(self._tokens(x))
+        q, k, _ = self.qkv_heads(self.tokens(x))
         bias = self.relative_bias().to(q.dtype)
         if self.softmax == "pre":
             return self.logits(q, k, bias).softmax(-1)
         return self.logits(q, k, None).softmax(-1) + bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, _ = x.shape
-        tokens = self._tokens(x)
-        if self.softmax == "pre":
-            out = super().forward(tokens, self.relative_bias())
-        else:
-            q, k, v = self.qkv_heads(tokens)
-            a = self.logits(q, k, None).softmax(-1) + self.relative_bias().to(q.dtype)
-            out = self.proj((a @ v).transpose(1, 2).flatten(2))
-        return out.view(B, H, W, -1)
+        H, W = x.shape[-2:]
+        q, k, v = self.qkv_heads(self.tokens(x))  # (B, dim, H, W) -> 3 x (B, heads, N, head_dim)
+        if self.softmax == "pre":  # Eq. 3: softmax(q.k / sqrt(d) + w[i - j]) v
+            out = self.attend(q, k, v, self.relative_bias())
+        else:  # (softmax(q.k / sqrt(d)) + w[i - j]) v
+            out = (self.logits(q, k, None).softmax(-1) + self.relative_bias().to(q.dtype)) @ v
+        out = self.merge_heads(out)  # (B, N, dim_out)
+        return rearrange(out, "b (h w) c -> b c h w", h=H, w=W)
 
-    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or tuple(x.shape[1:3]) != self.map_size:
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, dim, H, W) -> (B, H*W, dim)``, after checking the map size."""
+        if x.ndim != 4 or tuple(x.shape[-2:]) != self.map_size:
             raise ValueError(
-                f"RelativeAttention was built for a {self.map_size[0]}x{self.map_size[1]} map (channels-last "
-                f"(B, H, W, C)) but got shape {tuple(x.shape)}: build it with map_size=(H, W) or call resize_bias_table()"
+                f"RelativeAttention was built for a {self.map_size[0]}x{self.map_size[1]} map (B, C, H, W) "
+                f"but got shape {tuple(x.shape)}: build it with map_size=(H, W) or call resize_bias_table()"
             )
-        return x.flatten(1, 2)
+        return rearrange(x, "b c h w -> b (h w) c")
 
     def resize_bias_table(self, map_size: int | tuple[int, int]) -> None:
         """Resize the table to a new ``H' x W'`` map by bilinear interpolation (fine-tuning at 384)."""

@@ -12,7 +12,6 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 Layer = Callable[..., nn.Module]
 
@@ -55,92 +54,14 @@ class DepthwiseConv(nn.Conv2d):
         super().__init__(channels, channels, kernel_size, stride, padding=kernel_size // 2, groups=channels, bias=bias)
 
 
-class InferenceCache:
-    """A tensor derived from parameters (a folded conv weight, an expanded bias table),
-    computed once and reused while the parameters stay as they are.
-
-    ``cache.get(sources, compute, *extra)`` returns ``compute()``. The result is kept
-    and returned again as long as every source is the same tensor with the same
-    storage, version, device and dtype (an optimizer step, ``load_state_dict`` or any
-    other in-place update bumps the version) and ``extra`` is unchanged. Nothing is
-    cached while a gradient flows to a source or ``torch.compile`` traces the model.
-    Writes through ``tensor.data`` bypass the version counter: call ``clear()`` after those.
-    """
-
-    def __init__(self):
-        self.clear()
-
-    def clear(self) -> None:
-        self._sources: list[torch.Tensor] = []
-        self._key: tuple | None = None
-        self._value = None
-
-    def get(self, sources: list[torch.Tensor], compute: Callable[[], object], *extra):
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(s.requires_grad for s in sources)):
-            return compute()
-        key = tuple((s._version, s.data_ptr(), s.device, s.dtype) for s in sources) + extra
-        same = len(sources) == len(self._sources) and all(a is b for a, b in zip(sources, self._sources))
-        if not (same and key == self._key):
-            with torch.inference_mode(False), torch.no_grad():  # usable outside inference mode too
-                self._value = compute()
-            self._sources, self._key = list(sources), key
-        return self._value
-
-
-BatchNorms = (nn.BatchNorm2d, nn.SyncBatchNorm)
-
-
-def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """BatchNorm with running statistics is the per-channel affine map ``y = s * x + t`` with
-    ``s = gamma / sqrt(var + eps)`` and ``t = beta - s * mean`` (Ioffe & Szegedy 2015, Alg. 2)."""
-    s = bn.running_var.add(bn.eps).rsqrt()
-    if bn.weight is not None:
-        s = s * bn.weight
-    t = -s * bn.running_mean
-    return s, t if bn.bias is None else t + bn.bias
-
-
-def fold_batchnorm(
-    conv: nn.Conv2d, after: nn.Module | None = None, before: nn.Module | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of a single conv equal to ``after(conv(before(x)))`` for BatchNorms in eval mode.
-
-    A BatchNorm after the conv scales its output channels: ``W' = s_out W``,
-    ``b' = s_out b + t_out``. A BatchNorm before a 1x1 conv scales its input
-    channels: ``W' = W s_in``, ``b' = b + W t_in`` (with a k x k conv the zero
-    padding would see ``t_in`` at the border, so only 1x1 convs fold it).
-    """
-    weight = conv.weight
-    bias = conv.bias if conv.bias is not None else weight.new_zeros(weight.shape[0])
-    if before is not None:
-        s, t = batchnorm_affine(before)
-        bias = bias + weight.flatten(1) @ t
-        weight = weight * s[None, :, None, None]
-    if after is not None:
-        s, t = batchnorm_affine(after)
-        weight = weight * s[:, None, None, None]
-        bias = bias * s + t
-    return weight, bias
-
-
-def can_fold(bn: nn.Module | None) -> bool:
-    """A BatchNorm that normalises with running statistics (eval mode) is a fixed affine map."""
-    return isinstance(bn, BatchNorms) and not bn.training and bn.running_mean is not None
-
-
 class ConvNormAct(nn.Sequential):
     """``Conv2d -> norm -> activation``, the unit of every convolutional network.
 
     ``groups=in_chs`` (with ``in_chs == out_chs``) makes it a depthwise conv.
-    Pass ``norm_layer=None`` or ``act_layer=None`` to leave either out.
-
-    Inference fast path: in eval mode a BatchNorm is a fixed affine map, so it is
-    folded into the conv's weight and bias (``fold_batchnorm``), computed once and
-    cached until a weight changes. The result equals the plain path to float
-    rounding; set ``fold_bn = False`` on a module to run conv and BatchNorm apart.
+    Pass ``norm_layer=None`` or ``act_layer=None`` to leave either out; the conv
+    has a bias only when there is no norm after it. At inference the BatchNorm
+    can be folded into the conv by :func:`coatlib.fuse`.
     """
-
-    fold_bn = True
 
     def __init__(
         self,
@@ -162,46 +83,6 @@ class ConvNormAct(nn.Sequential):
         if act_layer is not None:
             layers.append(act_layer())
         super().__init__(*layers)
-        self._folded = InferenceCache()
-
-    def forward(self, x: torch.Tensor, norm_before: nn.Module | None = None) -> torch.Tensor:
-        """``act(norm(conv(norm_before(x))))``; ``norm_before`` is a pre-activation BatchNorm
-        (CoAtNet's MBConv), folded into the conv too when the conv is 1x1."""
-        conv, layers = self[0], list(self)[1:]
-        if norm_before is not None and not (
-            self.fold_bn and can_fold(norm_before) and conv.kernel_size == (1, 1) and conv.groups == 1
-        ):
-            x, norm_before = norm_before(x), None  # applied on its own
-        after = layers.pop(0) if self.fold_bn and layers and can_fold(layers[0]) else None
-        if after is None and norm_before is None:
-            return super().forward(x)
-        sources = [t for m in (conv, after, norm_before) if m is not None for t in (*m.parameters(), *m.buffers())]
-        weight, bias = self._folded.get(sources, lambda: fold_batchnorm(conv, after, norm_before))
-        x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-        for layer in layers:
-            x = layer(x)
-        return x
-
-
-def fold_batchnorms(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Turn the eval-mode BatchNorm folding of every ``ConvNormAct`` in ``model`` on or off
-    (off: conv and BatchNorm run one after the other, as written)."""
-    for m in model.modules():
-        if isinstance(m, ConvNormAct):
-            m.fold_bn = enabled
-    return model
-
-
-class GELU(nn.GELU):
-    """``nn.GELU`` (exact, erf form) that, like ``ReLU(inplace=True)``, overwrites its input
-    when no gradient is recorded through it: inference then allocates no new feature map
-    for the activation. Use it only on a tensor nothing else reads (the fresh output of
-    a conv or linear layer), as every block here does."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
-            return super().forward(x)
-        return torch.ops.aten.gelu_(x, approximate=self.approximate)
 
 
 class SqueezeExcite(nn.Module):
@@ -212,7 +93,7 @@ class SqueezeExcite(nn.Module):
     """
 
     def __init__(
-        self, channels: int, rd_channels: int, act_layer: Layer = GELU, gate_layer: Layer = nn.Sigmoid
+        self, channels: int, rd_channels: int, act_layer: Layer = nn.GELU, gate_layer: Layer = nn.Sigmoid
     ):
         super().__init__()
         self.fc1 = nn.Conv2d(channels, rd_channels, 1)
@@ -223,100 +104,6 @@ class SqueezeExcite(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean((2, 3), keepdim=True)
         return x * self.gate(self.fc2(self.act(self.fc1(s))))
-
-
-class MBConv(nn.Module):
-    """Mobile inverted bottleneck (MobileNetV2) with squeeze-excitation (EfficientNet).
-
-    ``expand`` (1x1 conv to ``mid_chs``) -> ``dw`` (k x k depthwise conv) ->
-    ``se`` -> ``project`` (1x1 conv back to ``out_chs``).
-
-    Two residual forms:
-
-    * ``pre_norm=True``, CoAtNet (appendix A.1, Eq. 5):
-      ``x <- Proj(Pool(x)) + Project(SE(DW(Expand(BN(x)))))``; the project conv
-      has a bias and no norm, and the shortcut is pooled and projected when the
-      shape changes.
-    * ``pre_norm=False``, MobileNetV2 / EfficientNet: BatchNorm after every conv,
-      an identity shortcut only when the shape is unchanged.
-
-    ``stride_on`` chooses where a stride-2 block down-samples: ``"expand"`` (the
-    first 1x1 conv, the CoAtNet paper's Eq. 5) or ``"dw"`` (the depthwise conv,
-    the paper's Table 9 alternative and the MobileNet/EfficientNet choice).
-
-    ``se_gate_layer`` is the squeeze-excitation gate (sigmoid; MobileNetV3 uses
-    hard-sigmoid). ``fused=True`` makes it the Fused-MBConv of EfficientNetV2
-    (Tan & Le 2021, Fig. 2): the expand 1x1 conv and the depthwise conv become
-    one full ``k x k`` conv (``expand``, carrying the stride; ``dw`` is left
-    out). With expansion ratio 1 (``mid_chs == in_chs``) the ``k x k`` conv maps
-    straight to ``out_chs`` with its activation and there is no ``project``.
-
-    In eval mode the pre-norm BatchNorm folds into the expand 1x1 conv together
-    with the BatchNorm after it (see ``ConvNormAct``), so the block runs no
-    BatchNorm at all.
-    """
-
-    def __init__(
-        self,
-        in_chs: int,
-        out_chs: int,
-        mid_chs: int,
-        stride: int = 1,
-        kernel_size: int = 3,
-        se_chs: int = 0,
-        act_layer: Layer = GELU,
-        se_act_layer: Layer | None = None,
-        norm_layer: Layer = nn.BatchNorm2d,
-        pre_norm: bool = True,
-        stride_on: str = "expand",
-        pool: str = "max",
-        drop_path: float = 0.0,
-        se_gate_layer: Layer = nn.Sigmoid,
-        fused: bool = False,
-    ):
-        super().__init__()
-        if stride_on not in ("expand", "dw"):
-            raise ValueError(f"stride_on must be 'expand' or 'dw', got {stride_on!r}")
-        s_expand, s_dw = (stride, 1) if stride_on == "expand" else (1, stride)
-        post_norm = None if pre_norm else norm_layer
-        self.pre_norm = pre_norm
-        self.norm = norm_layer(in_chs) if pre_norm else nn.Identity()
-        if fused:  # Fused-MBConv: one full k x k conv replaces expand 1x1 + depthwise k x k
-            fused_out = out_chs if mid_chs == in_chs else mid_chs  # ratio 1: straight to out_chs
-            self.expand = ConvNormAct(in_chs, fused_out, kernel_size, stride, norm_layer=norm_layer, act_layer=act_layer)
-            self.dw = nn.Identity()
-        else:
-            if mid_chs != in_chs:
-                self.expand = ConvNormAct(in_chs, mid_chs, 1, s_expand, norm_layer=norm_layer, act_layer=act_layer)
-            else:  # expansion ratio 1 (first EfficientNet stage): no expand conv
-                if s_expand != 1:
-                    raise ValueError("a block without an expand conv must put its stride on the depthwise conv")
-                self.expand = nn.Identity()
-            self.dw = ConvNormAct(mid_chs, mid_chs, kernel_size, s_dw, groups=mid_chs, norm_layer=norm_layer, act_layer=act_layer)
-        self.se = (
-            SqueezeExcite(mid_chs, se_chs, se_act_layer or act_layer, se_gate_layer) if se_chs > 0 else nn.Identity()
-        )
-        if fused and mid_chs == in_chs:
-            self.project = nn.Identity()
-        else:
-            self.project = ConvNormAct(mid_chs, out_chs, 1, norm_layer=post_norm, act_layer=None)
-        self.drop_path = DropPath(drop_path)
-
-        self.has_shortcut = pre_norm or (stride == 1 and in_chs == out_chs)
-        self.shortcut = nn.Identity()
-        if pre_norm and (stride != 1 or in_chs != out_chs):
-            self.shortcut = Downsample(in_chs, out_chs, stride, pool)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.expand, ConvNormAct):  # BN(x) -> 1x1 conv: one conv in eval mode
-            h = self.expand(x, norm_before=self.norm)
-        else:
-            h = self.expand(self.norm(x))
-        y = self.project(self.se(self.dw(h)))
-        if not self.has_shortcut:
-            return y
-        y = self.drop_path(y)
-        return y.add_(self.shortcut(x))  # in place: y is this block's own fresh tensor
 
 
 class Downsample(nn.Sequential):
@@ -331,8 +118,13 @@ class Downsample(nn.Sequential):
         if stride != 1:
             layers.append(make_pool(pool, stride))
         if in_chs != out_chs:
-            layers.append(nn.Conv2d(in_chs, out_chs, 1))
+            layers.append(conv1x1(in_chs, out_chs))
         super().__init__(*layers)
+
+
+def conv1x1(in_chs: int, out_chs: int, bias: bool = True) -> nn.Conv2d:
+    """A 1x1 convolution: the same linear map ``W x + b`` applied to every pixel's channels."""
+    return nn.Conv2d(in_chs, out_chs, 1, bias=bias)
 
 
 def make_pool(kind: str, stride: int = 2) -> nn.Module:
@@ -345,31 +137,29 @@ def make_pool(kind: str, stride: int = 2) -> nn.Module:
 
 
 class Mlp(nn.Module):
-    """The Transformer feed-forward network: ``fc2(act(fc1(x)))``, hidden width ``ratio * dim``."""
+    """The Transformer feed-forward network: ``fc2(act(fc1(x)))``, hidden width ``hidden``.
 
-    def __init__(self, dim: int, hidden: int, out_dim: int | None = None, act_layer: Layer = GELU, drop: float = 0.0):
+    ``linear_layer`` is ``nn.Linear`` for tokens ``(..., dim)``; ``conv1x1`` applies the
+    same map to every pixel of a channels-first map ``(B, dim, H, W)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        out_dim: int | None = None,
+        act_layer: Layer = nn.GELU,
+        drop: float = 0.0,
+        linear_layer: Layer = nn.Linear,
+    ):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = linear_layer(dim, hidden)
         self.act = act_layer()
         self.drop = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden, out_dim or dim)
+        self.fc2 = linear_layer(hidden, out_dim or dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
-class ConvStem(nn.Sequential):
-    """CoAtNet's stage S0: conv3x3 stride 2 -> BN -> GELU -> conv3x3 (section 3.3).
-
-    The second conv has no norm and no bias: the first S1 block normalises its
-    input (pre-activation).
-    """
-
-    def __init__(self, in_chs: int, out_chs: int, act_layer: Layer = GELU):
-        super().__init__(
-            ConvNormAct(in_chs, out_chs, 3, 2, act_layer=act_layer),
-            nn.Conv2d(out_chs, out_chs, 3, 1, padding=1, bias=False),
-        )
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -389,18 +179,40 @@ class LayerNorm2d(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+def nearest_multiples(size: int, multiple: int) -> str:
+    """The valid sizes around ``size``: ``nearest_multiples(230, 32) == "224 or 256"``."""
+    below = max(size // multiple, 1) * multiple
+    return f"{below} or {below + multiple}" if below != size else str(size)
+
+
 def check_image_size(image_size: int | tuple[int, int], min_size: int = 32, multiple: int = 1) -> tuple[int, int]:
-    """``(H, W)``, or a ``ValueError`` unless both are ``>= min_size`` and multiples of ``multiple``."""
+    """``(H, W)``, or a ``ValueError`` unless both are ``>= min_size`` and multiples of ``multiple``.
+
+    The message names the nearest valid sizes: ``230 -> 224 or 256`` for ``multiple=32``."""
     H, W = pair(image_size)
     if H < min_size or W < min_size or H % multiple or W % multiple:
         rule = f">= {min_size}" + (f" and multiples of {multiple}" if multiple > 1 else "")
-        raise ValueError(f"image size {H}x{W} is not supported: height and width must be {rule} (e.g. 224)")
+        fix = [f"{n} {nearest_multiples(max(v, min_size), multiple)}" for n, v in (("height", H), ("width", W))]
+        raise ValueError(f"image size {H}x{W} is not supported: height and width must be {rule}; nearest valid: "
+                         f"{', '.join(fix)} (e.g. 224 for both)")
     return H, W
 
 
 def check_images(x: torch.Tensor, in_chans: int, min_size: int = 32, multiple: int = 1) -> None:
-    """The input check of the zoo's models: a ``ValueError`` unless ``x`` is a batch
-    ``(B, in_chans, H, W)`` whose size passes ``check_image_size``."""
+    """The input check of every model: a ``ValueError`` (or ``TypeError``) unless ``x`` is a floating
+    point batch ``(B, in_chans, H, W)`` whose size passes ``check_image_size``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor of images (batch, {in_chans}, H, W), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"got a {x.dtype} tensor: models take normalised floating-point images. Convert and normalise "
+            f"first, e.g. x = (x.float() / 255 - mean) / std with the data set's per-channel mean and std"
+        )
+    if x.ndim == 3 and x.shape[0] == in_chans:
+        raise ValueError(
+            f"expected a batch of images (batch, {in_chans}, H, W) but got one image of shape {tuple(x.shape)}: "
+            f"add the batch dimension with x.unsqueeze(0)"
+        )
     if x.ndim != 4 or x.shape[1] != in_chans:
         raise ValueError(
             f"expected images of shape (batch, {in_chans}, H, W) but got {tuple(x.shape)}: convert the images, "

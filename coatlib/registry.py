@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
+import re
 from typing import Callable
 
 import torch.nn as nn
@@ -56,4 +58,24 @@ def create_model(
         raise ValueError(
             f"unknown model {name!r}.{hint} coatlib.list_models() lists all {len(_REGISTRY)} models."
         )
-    return _REGISTRY[name](num_classes=num_classes, image_size=image_size, in_chans=in_chans, **overrides)
+    builder = _REGISTRY[name]
+    try:
+        return builder(num_classes=num_classes, image_size=image_size, in_chans=in_chans, **overrides)
+    except TypeError as e:
+        bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if bad is None:
+            raise
+        valid = ["num_classes", "image_size", "in_chans", *_keywords(builder)]
+        close = difflib.get_close_matches(bad[1], valid, n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        raise TypeError(
+            f"create_model({name!r}) got an unknown keyword {bad[1]!r}.{hint} {name} takes: {', '.join(valid)}"
+        ) from None
+
+
+def _keywords(builder: Callable[..., nn.Module]) -> list[str]:
+    """The keywords a builder passes on: the parameters of the class it returns (its return annotation)."""
+    model_class = inspect.signature(builder, eval_str=True).return_annotation
+    target = model_class.__init__ if isinstance(model_class, type) else builder
+    skip = {"self", "config", "num_classes", "image_size", "in_chans"}
+    return [p for p in inspect.signature(target).parameters if p not in skip and not p.startswith("_")]

@@ -19,6 +19,7 @@ import torch.nn as nn
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
+from coatlib.blocks import TransformerBlock
 from coatlib.flops import count_params
 
 COLORS = {"stem": "#9e9e9e", "C": "#4c72b0", "T": "#dd8452", "head": "#6b6b6b"}
@@ -42,11 +43,12 @@ class Segment:
     size: tuple[int, int]  # feature-map height and width in the run
 
 
-def _block_width(block: nn.Module) -> int:
-    """Output channels of a CoAtNet block (MBConv: its project conv; Transformer: its second LayerNorm)."""
-    if block.kind == "T":
-        return block.norm2.normalized_shape[0]
-    return block.project[0].out_channels
+def _kind_and_width(block: nn.Module) -> tuple[str, int]:
+    """``("C", channels)`` for an MBConv (its project conv), ``("T", channels)`` for a Transformer
+    block (its second LayerNorm)."""
+    if isinstance(block, TransformerBlock):
+        return "T", block.norm2.normalized_shape[0]
+    return "C", block.project.out_channels
 
 
 def stage_table(model: nn.Module) -> list[Segment]:
@@ -66,16 +68,15 @@ def stage_table(model: nn.Module) -> list[Segment]:
         rows = [Segment("S0", "stem", 1, model.stem.out_channels, (H // 16, W // 16))]
     else:  # two 3x3 convs, the first with stride 2
         rows = [Segment("S0", "stem", 2, model.stem[1].out_channels, (H // 2, W // 2))]
-    for s, (_, blocks) in enumerate(model.stages(), start=1):
+    for s, stage in enumerate(model.stages, start=1):
         size = (H // 16, W // 16) if vit else (H // 2 ** (s + 1), W // 2 ** (s + 1))
-        stage = "S1-S4" if vit else f"S{s}"
-        for block in blocks:
-            width = _block_width(block)
+        for block in stage.blocks:
+            kind, width = _kind_and_width(block)
             last = rows[-1]
-            if last.stage == stage and last.kind == block.kind and last.width == width:
-                rows[-1] = Segment(stage, block.kind, last.blocks + 1, width, size)
+            if last.stage == stage.name and last.kind == kind and last.width == width:
+                rows[-1] = Segment(stage.name, kind, last.blocks + 1, width, size)
             else:
-                rows.append(Segment(stage, block.kind, 1, width, size))
+                rows.append(Segment(stage.name, kind, 1, width, size))
     return rows
 
 

@@ -1,9 +1,9 @@
-"""Pretrained weights from torchvision for the model zoo.
+"""Pretrained weights: torchvision's for the model zoo, timm's for CoAtNet.
 
 torchvision publishes ImageNet weights for ResNet, MobileNet V2/V3,
 EfficientNet (V1 and V2), ViT, Swin and ConvNeXt. coatlib builds the same
 architectures from its shared blocks, so the tensors are the same; only their
-names differ (coatlib's ``MBConv`` calls torchvision's ``block.1`` ``dw``, its
+names differ (coatlib's ``InvertedResidual`` calls torchvision's ``block.1`` ``dw``, its
 attention calls ``in_proj_weight`` ``qkv.weight``, ...) and, for Swin, the
 layout of the relative-position bias table. ``load_torchvision_weights``
 renames and reshapes a torchvision state dict and checks that every tensor
@@ -13,8 +13,8 @@ fits, so that::
     tv = torchvision.models.resnet50(weights="IMAGENET1K_V2")  # torchvision downloads, not coatlib
     model = coatlib.load_torchvision_weights(coatlib.create_model("resnet50"), tv.state_dict())
 
-gives a coatlib ResNet-50 with the same ImageNet predictions. Nothing is
-downloaded here.
+gives a coatlib ResNet-50 with the same ImageNet predictions.
+``load_timm_weights`` does the same for timm's CoAtNets. Nothing is downloaded here.
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from collections.abc import Callable, Mapping
 import torch
 import torch.nn as nn
 
-from coatlib.layers import MBConv
+from coatlib.blocks import FusedMBConv, InvertedResidual, TransformerBlock
+from coatlib.models.coatnet import CoAtNet
 from coatlib.models.convnext import ConvNeXt
 from coatlib.models.efficientnet import EfficientNet
 from coatlib.models.mobilenet import MobileNetV2, MobileNetV3
@@ -100,7 +101,8 @@ CONVNEXT: Rules = [
 
 def _mbconv_rules(model: nn.Module, block_pattern: str, split_project: bool = False) -> Rules:
     """torchvision keeps an inverted-residual block's layers in one ``nn.Sequential``
-    (``<block>.<j>.``) holding only the layers that exist; coatlib's ``MBConv`` names them
+    (``<block>.<j>.``) holding only the layers that exist; coatlib's ``InvertedResidual`` and
+    ``FusedMBConv`` name them
     ``expand``, ``dw``, ``se``, ``project`` and leaves missing ones as ``nn.Identity``.
     MobileNetV2 keeps the projection's conv and BN as two entries (``split_project``)."""
 
@@ -109,9 +111,9 @@ def _mbconv_rules(model: nn.Module, block_pattern: str, split_project: bool = Fa
             block = model.get_submodule(m[1])
         except AttributeError:
             block = None
-        if not isinstance(block, MBConv):  # no such block: leave the key, it is reported as not fitting
+        if not isinstance(block, (InvertedResidual, FusedMBConv)):  # no such block: leave the key, it is reported as not fitting
             return m[0]
-        names = [n for n in ("expand", "dw", "se", "project") if not isinstance(getattr(block, n), nn.Identity)]
+        names = [n for n in ("expand", "dw", "se", "project") if not isinstance(getattr(block, n, None), (nn.Identity, type(None)))]
         if split_project:
             names[-1:] = ["project.0", "project.1"]
         j = int(m[2])
@@ -181,27 +183,131 @@ def load_torchvision_weights(
     resized. Returns ``model``.
     """
     rules = _rules_for(model)
+    return _load(model, _as_state_dict(state_dict), lambda key: _apply(rules, key), _convert, "torchvision")
+
+
+# timm's CoAtNet (timm/models/maxxvit.py) -> coatlib, module by module. "{proj}" is the 1x1 conv of
+# the shortcut Proj(Pool(x)), after the pool when there is one.
+TIMM_MBCONV = {
+    "shortcut.expand": "shortcut.{proj}",
+    "pre_norm": "norm",  # BN(x) ->
+    "conv1_1x1": "expand.0",  # 1x1 conv (+ BN + act) ->
+    "norm1": "expand.1",
+    "conv2_kxk": "dw.0",  # 3x3 depthwise conv (+ BN + act) ->
+    "norm2": "dw.1",
+    "se.fc1": "se.fc1",  # SE ->
+    "se.fc2": "se.fc2",
+    "conv3_1x1": "project",  # 1x1 conv
+}
+TIMM_TRANSFORMER = {
+    "shortcut.expand": "shortcut.{proj}",
+    "norm1.norm": "norm1",  # in a down-sampling block timm's norm1 is LN then pool
+    "norm1": "norm1",
+    "attn": "attn",  # the relative bias table
+    "attn.qkv": "attn.qkv",
+    "attn.proj": "attn.proj",
+    "norm2": "norm2",
+    "mlp.fc1": "ffn.fc1",
+    "mlp.fc2": "ffn.fc2",
+}
+TIMM_OUTSIDE_BLOCKS = {
+    "stem.conv1": "stem.0.0",  # S0: conv3x3 s2 + BN (one ConvNormAct), then conv3x3
+    "stem.norm1": "stem.0.1",
+    "stem.conv2": "stem.1",
+    "head.norm": "norm",  # head: pool -> LN -> Linear + tanh -> Linear
+    "head.pre_logits.fc": "pre_logits.0",
+    "head.fc": "head",
+}
+
+
+def load_timm_weights(
+    model: CoAtNet, state_dict: Mapping[str, torch.Tensor] | nn.Module | str | os.PathLike
+) -> CoAtNet:
+    """Load a timm ``coatnet_N_224`` state dict (N = 0..5) into the matching coatlib CoAtNet.
+
+    timm's paper configurations differ from coatlib's defaults in four choices,
+    so build the model as timm does::
+
+        model = coatlib.create_model("coatnet_0", downsample="dw", pool="avg", se_act="silu", norm_eps=1e-6)
+        coatlib.load_timm_weights(model, timm.create_model("coatnet_0_224").state_dict())
+
+    (``coatnet_5``: also ``head_dim=32``; timm uses 32 where the paper uses 64.)
+    The stage and block numbers are the same (``stages.2.blocks.3``); inside a
+    block the names differ (``TIMM_MBCONV``, ``TIMM_TRANSFORMER``), and two
+    layouts: timm's Transformer blocks use 1x1 convs where coatlib's attention
+    uses ``nn.Linear`` for q, k, v and the output projection (the same numbers
+    with a trailing ``1 x 1``) and order the q, k, v rows ``(heads, 3, d)`` where
+    coatlib has ``(3, heads, d)``; timm stores a bias table as
+    ``((2H-1)(2W-1), heads)``, coatlib as ``(heads, 2H-1, 2W-1)``. Every tensor
+    must fit; tables made for another image size are resized. Returns ``model``.
+    """
+    if not isinstance(model, CoAtNet) or model.layout != "C-C-T-T":
+        got = f"{type(model).__name__}" + (f" with layout {model.layout!r}" if isinstance(model, CoAtNet) else "")
+        raise TypeError(f"load_timm_weights loads timm's C-C-T-T CoAtNets into a coatlib CoAtNet, got {got}")
+
+    def rename(key: str) -> str:
+        key = key.replace(".rel_pos.relative_position_bias_table", ".relative_bias_table")
+        in_block = re.match(r"(stages\.\d+\.blocks\.\d+)\.(.+)\.(\w+)$", key)
+        if in_block is None:
+            module, param = key.rsplit(".", 1)
+            return f"{TIMM_OUTSIDE_BLOCKS.get(module, module)}.{param}"
+        prefix, module, param = in_block.groups()
+        try:
+            block = model.get_submodule(prefix)
+        except AttributeError:
+            return key  # no such block: reported as not fitting
+        table = TIMM_TRANSFORMER if isinstance(block, TransformerBlock) else TIMM_MBCONV
+        if module not in table:
+            return key
+        return f"{prefix}.{table[module].format(proj=len(block.shortcut) - 1)}.{param}"
+
+    def convert(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if key.endswith("relative_bias_table") and value.ndim == 2:  # ((2H-1)(2W-1), heads) -> (heads, 2H-1, 2W-1)
+            rows, cols = 2 * model.get_submodule(key.rsplit(".", 1)[0]).map_size[0] - 1, -1
+            return value.T.reshape(value.shape[1], rows, cols)
+        if key.endswith(("attn.qkv.weight", "attn.qkv.bias")):  # rows (heads, 3, d) -> (3, heads, d)
+            heads = model.get_submodule(key.rsplit(".", 2)[0]).num_heads
+            value = value.reshape(heads, 3, -1, *value.shape[1:]).transpose(0, 1).reshape(value.shape)
+        if ".attn." in key and value.ndim == 4 and target.ndim == 2:  # 1x1 conv -> nn.Linear
+            return value.flatten(1)
+        return value
+
+    return _load(model, _as_state_dict(state_dict), rename, convert, "timm")
+
+
+def _as_state_dict(state_dict: Mapping[str, torch.Tensor] | nn.Module | str | os.PathLike) -> Mapping:
     if isinstance(state_dict, (str, os.PathLike)):
-        state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
-    elif isinstance(state_dict, nn.Module):
-        state_dict = state_dict.state_dict()
+        return torch.load(state_dict, map_location="cpu", weights_only=True)
+    if isinstance(state_dict, nn.Module):
+        return state_dict.state_dict()
+    return state_dict
+
+
+def _load(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    rename: Callable[[str], str],
+    convert: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor],
+    source: str,
+) -> nn.Module:
+    """Rename and convert every tensor of ``state_dict``, check that each fits ``model``, load them."""
     name = type(model).__name__
     target = model.state_dict()
     converted: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         if key.endswith(DERIVED):
             continue
-        new_key = _apply(rules, key)
+        new_key = rename(key)
         if new_key not in target:
             raise ValueError(
-                f"torchvision key {key!r} does not fit this {name}: it would go to {new_key!r}, which the model "
+                f"{source} key {key!r} does not fit this {name}: it would go to {new_key!r}, which the model "
                 f"does not have. The weights come from a different architecture (another depth or family); "
                 f"build the coatlib model that matches them"
             )
-        value = _convert(new_key, value, target[new_key])
+        value = convert(new_key, value, target[new_key])
         if not _fits(new_key, value, target[new_key]):
             raise ValueError(
-                f"torchvision key {key!r} does not fit this {name}: shape {tuple(value.shape)} but {new_key!r} "
+                f"{source} key {key!r} does not fit this {name}: shape {tuple(value.shape)} but {new_key!r} "
                 f"has shape {tuple(target[new_key].shape)}. The weights come from a different architecture "
                 f"(another width or depth) or another number of classes: build the coatlib model that matches "
                 f"them (to fine-tune on other classes, load into the 1000-class model, then replace its classifier)"

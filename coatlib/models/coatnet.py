@@ -1,21 +1,25 @@
 """CoAtNet (Dai, Liu, Le, Tan 2021, "CoAtNet: Marrying Convolution and Attention for All Data Sizes").
 
-The network is a stem S0 and four stages S1..S4, each halving the resolution
-(224 -> 112, 56, 28, 14, 7). A stage is made of MBConv blocks ("C") or
-relative-attention Transformer blocks ("T"); the paper's CoAtNet is "C-C-T-T"
-and section 3.2 compares it with C-C-C-C, C-C-C-T, C-T-T-T and ViT-Rel.
-Configs mirror the paper's Table 3 (CoAtNet-0..4) and Table 14 (5..7).
+The network is a stem S0 (``model.stem``) and four stages S1..S4
+(``model.stages[0..3]``), each halving the resolution (224 -> 112, 56, 28, 14,
+7). A stage is made of MBConv blocks ("C") or relative-attention Transformer
+blocks ("T"); the paper's CoAtNet is "C-C-T-T" and section 3.2 compares it with
+C-C-C-C, C-C-C-T, C-T-T-T and ViT-Rel. Configs mirror the paper's Table 3
+(CoAtNet-0..4) and Table 14 (5..7). The blocks themselves are in
+:mod:`coatlib.blocks`.
 """
 from __future__ import annotations
 
-import math
+from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
 
 from coatlib.attention import RelativeAttention, num_heads_for
-from coatlib.layers import ConvStem, DropPath, MBConv, Mlp, check_images, init_weights, make_pool, pair
+from coatlib.blocks import MBConv, TransformerBlock
+from coatlib.layers import ConvNormAct, check_images, drop_path_rates, init_weights, nearest_multiples, pair
 from coatlib.registry import register_model
 
 
@@ -77,44 +81,40 @@ def parse_layout(layout: str) -> tuple[str, str, str, str] | None:
     return kinds  # type: ignore[return-value]
 
 
-class TransformerBlock(nn.Module):
-    """Pre-norm Transformer block with relative attention (paper section 3.2, appendix A.1).
+class ConvStem(nn.Sequential):
+    """CoAtNet's stage S0: conv3x3 stride 2 -> BN -> GELU -> conv3x3 (section 3.3).
 
-    ``x <- Proj(Pool(x)) + Attention(Pool(LN(x)))`` then ``x <- x + FFN(LN(x))``.
-    Pool (2x2 stride 2) and Proj (a linear map, i.e. a 1x1 conv) appear only in
-    the first block of a stage. Works on channels-last maps ``(B, H, W, C)``;
-    ``map_size`` is the size after pooling.
+    The second conv has no norm and no bias: the first S1 block normalises its
+    input (pre-activation).
     """
 
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        map_size: tuple[int, int],
-        stride: int = 1,
-        head_dim: int = 32,
-        softmax: str = "pre",
-        ffn_ratio: int = 4,
-        pool: str = "max",
-        drop_path: float = 0.0,
-    ):
-        super().__init__()
-        self.pool = make_pool(pool, stride) if stride != 1 else None
-        self.proj = nn.Linear(in_dim, out_dim) if in_dim != out_dim else nn.Identity()
-        self.norm1 = nn.LayerNorm(in_dim)
-        self.attn = RelativeAttention(in_dim, out_dim, head_dim, map_size, softmax)
-        self.norm2 = nn.LayerNorm(out_dim)
-        self.ffn = Mlp(out_dim, ffn_ratio * out_dim)
-        self.drop_path = DropPath(drop_path)
+    def __init__(self, in_chs: int, out_chs: int):
+        super().__init__(
+            ConvNormAct(in_chs, out_chs, 3, 2, act_layer=nn.GELU),
+            nn.Conv2d(out_chs, out_chs, 3, 1, padding=1, bias=False),
+        )
 
-    def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pool is None:
-            return x
-        return self.pool(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+class Stage(nn.Module):
+    """One stage S1..S4: its blocks applied in order; the first one down-samples."""
+
+    def __init__(self, name: str, blocks: list[nn.Module]):
+        super().__init__()
+        self.name = name
+        self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(self._pool(x)) + self.drop_path(self.attn(self._pool(self.norm1(x))))
-        return x + self.drop_path(self.ffn(self.norm2(x)))
+        return self.blocks(x)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}"
+
+
+class PatchStem(nn.Conv2d):
+    """ViT-Rel's stem: a 16x16 stride-16 conv, one token per 16x16 patch (Dosovitskiy et al. 2021)."""
+
+    def __init__(self, in_chs: int, out_chs: int, patch: int = 16):
+        super().__init__(in_chs, out_chs, patch, patch)
 
 
 class CoAtNet(nn.Module):
@@ -122,7 +122,7 @@ class CoAtNet(nn.Module):
     the head: global average pooling, LayerNorm, a ``D x D`` pre-logits layer with tanh, and
     a linear classifier.
 
-    Choices where the paper is silent (tested, and discussed in the book):
+    Choices where the paper is silent (tested, and discussed in the book, chapter 5):
 
     * MBConv expands to ``4 x out_chs`` and its squeeze-excitation squeezes to
       ``0.25 x out_chs`` (the paper: "expansion rate 4, SE shrink rate 0.25";
@@ -132,17 +132,24 @@ class CoAtNet(nn.Module):
     * The head has a ``D x D`` pre-logits layer with tanh, as in the official TF
       code and timm's paper configs: the paper's parameter counts include it
       (CoAtNet-0: 24.45M without, 25.04M with it; the paper says 25M).
+    * The activation inside squeeze-excitation is GELU (``se_act="gelu"``, the
+      paper's "GELU everywhere"); timm and the official code use SiLU
+      (``se_act="silu"``).
+    * LayerNorm epsilon 1e-5, PyTorch's default (``norm_eps``; timm uses 1e-6).
     * CoAtNet-6 as written in Table 14 has 1.35B parameters, not the stated
       1.47B (9% fewer; the Keras re-implementation gets 1.34B too): the table's
       L and D do not add up to the stated count, and we follow the table.
-      CoAtNet-7 matches (2.44B).
+      CoAtNet-7 matches (2.44B). CoAtNet-5 uses the paper's head size 64; timm's
+      ``coatnet_5_224`` uses 32 (more heads, so 419,056 more bias-table parameters).
     * ``layout="ViT-Rel"`` replaces S0..S2 by a 16x16 patch stem at S3's width
       and keeps only Transformer blocks (S3's blocks plus as many as make up
-      S1+S2+S4's depth), so it has a size similar to the C-C-T-T model.
+      S1+S2+S4's depth), in one stage, so it has a size similar to the C-C-T-T model.
 
     ``downsample="conv"`` puts the stride of a down-sampling MBConv on its first
     1x1 conv (Eq. 5, default); ``"dw"`` on the depthwise conv (Table 9).
     ``pool`` is the shortcut's 2x2 pooling: ``"max"`` (paper) or ``"avg"``.
+    timm's ``coatnet_N_224`` is ``downsample="dw", pool="avg", se_act="silu",
+    norm_eps=1e-6`` (see :func:`coatlib.weights.load_timm_weights`).
     """
 
     def __init__(
@@ -155,83 +162,75 @@ class CoAtNet(nn.Module):
         softmax: str = "pre",
         downsample: str = "conv",
         pool: str = "max",
+        se_act: str = "gelu",
+        norm_eps: float = 1e-5,
         drop_path_rate: float = 0.0,
         head_dim: int | None = None,
     ):
         super().__init__()
         kinds = parse_layout(layout)
+        if se_act not in SE_ACTIVATIONS:
+            raise ValueError(f"se_act must be one of {', '.join(map(repr, SE_ACTIVATIONS))}, got {se_act!r}")
         self.config, self.layout, self.in_chans = config, layout, in_chans
-        self.image_size = pair(image_size)
-        multiple = 16 if kinds is None else 32
-        if any(s <= 0 or s % multiple for s in self.image_size):
-            raise ValueError(
-                f"image_size {self.image_size} is not supported by layout {layout!r}: height and width must be "
-                f"positive multiples of {multiple} (the network down-samples {multiple}x), e.g. 224 or 384"
-            )
+        self.image_size = check_coatnet_size(image_size, layout)
         head_dim = head_dim or config.head_dim
         H, W = self.image_size
 
-        # every block: (kind, in, out, stride, feature-map size after it)
-        plan: list[tuple[str, int, int, int, tuple[int, int]]] = []
+        # every stage: its name and blocks (kind, in, out, stride, feature-map size after it)
+        plan: list[tuple[str, list[tuple[str, int, int, int, tuple[int, int]]]]] = []
         if kinds is None:  # ViT-Rel: one 16x16 patch stem, then only Transformer blocks at 1/16
             width = config.widths[2]
-            self.stem = nn.Conv2d(in_chans, width, 16, 16)
+            self.stem = PatchStem(in_chans, width)
             n_blocks = sum(config.depths) + (config.s3_conv[0] if config.s3_conv else 0)
-            plan = [("T", width, width, 1, (H // 16, W // 16))] * n_blocks
-            self.stage_ends = [n_blocks]
+            plan.append(("S1-S4", [("T", width, width, 1, (H // 16, W // 16))] * n_blocks))
         else:
             self.stem = ConvStem(in_chans, config.stem)
-            segments = [[(kinds[i], config.depths[i], config.widths[i])] for i in range(4)]
-            if config.s3_conv is not None:
-                segments[2].insert(0, ("C", *config.s3_conv))
-            c, self.stage_ends = config.stem, []
-            for s, stage in enumerate(segments):
+            c = config.stem
+            for s in range(4):
+                segments = [(kinds[s], config.depths[s], config.widths[s])]
+                if s == 2 and config.s3_conv is not None:  # CoAtNet-6/7 open S3 with MBConv blocks
+                    segments.insert(0, ("C", *config.s3_conv))
                 size = (H // 2 ** (s + 2), W // 2 ** (s + 2))
-                for seg_i, (kind, depth, width) in enumerate(stage):
-                    for b in range(depth):
-                        stride = 2 if seg_i == 0 and b == 0 else 1
-                        plan.append((kind, c, width, stride, size))
+                blocks = []
+                for kind, depth, width in segments:
+                    for _ in range(depth):
+                        blocks.append((kind, c, width, 2 if not blocks else 1, size))
                         c = width
-                self.stage_ends.append(len(plan))
-        self.num_features = plan[-1][2]
+                plan.append((f"S{s + 1}", blocks))
+        self.num_features = plan[-1][1][-1][2]
 
-        rates = [drop_path_rate * i / max(len(plan) - 1, 1) for i in range(len(plan))]
-        self.blocks = nn.ModuleList()
-        for (kind, cin, cout, stride, size), dp in zip(plan, rates):
-            if kind == "C":
-                block = MBConv(
-                    cin, cout, mid_chs=4 * cout, stride=stride, se_chs=cout // 4,
-                    stride_on="expand" if downsample == "conv" else "dw", pool=pool, drop_path=dp,
-                )
-            else:
-                num_heads_for(cout, head_dim)  # validate before building
-                block = TransformerBlock(cin, cout, size, stride, head_dim, softmax, pool=pool, drop_path=dp)
-            block.kind = kind
-            self.blocks.append(block)
-        if downsample not in ("conv", "dw"):
-            raise ValueError(f"downsample must be 'conv' (Eq. 5) or 'dw' (Table 9), got {downsample!r}")
+        rates = iter(drop_path_rates(drop_path_rate, sum(len(blocks) for _, blocks in plan)))
+        conv_block = partial(MBConv, downsample=downsample, pool=pool, se_act_layer=SE_ACTIVATIONS[se_act])
+        attn_block = partial(TransformerBlock, head_dim=head_dim, softmax=softmax, pool=pool, norm_eps=norm_eps)
+        self.stages = nn.ModuleList()
+        for name, blocks in plan:
+            modules = []
+            for kind, cin, cout, stride, size in blocks:
+                if kind == "C":
+                    modules.append(conv_block(cin, cout, stride, drop_path=next(rates)))
+                else:
+                    num_heads_for(cout, head_dim)  # validate before building
+                    modules.append(attn_block(cin, cout, size, stride, drop_path=next(rates)))
+            self.stages.append(Stage(name, modules))
 
-        self.norm = nn.LayerNorm(self.num_features)
+        self.norm = nn.LayerNorm(self.num_features, eps=norm_eps)
         self.pre_logits = nn.Sequential(nn.Linear(self.num_features, self.num_features), nn.Tanh())
         self.head = nn.Linear(self.num_features, num_classes)
         init_weights(self)
-        # Convolutions run on NHWC memory (faster with oneDNN and cuDNN), so the switch to
-        # the Transformer stages' (B, H, W, C) view is a free permute, not a copy.
+        # Maps are stored channels-last (NHWC) in memory: faster convolutions with oneDNN and
+        # cuDNN, and the Transformer blocks' switch to tokens (B, H*W, C) is a view, not a copy.
         self.to(memory_format=torch.channels_last)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Image ``(B, C, H, W)`` -> final feature map, channels-last ``(B, H/32, W/32, D)``."""
+        """Images ``(B, C, H, W)`` -> the last feature map ``(B, D, H/32, W/32)``."""
         self._check_input(x)
-        x = self.stem(x.contiguous(memory_format=torch.channels_last))
-        channels_last = False
-        for block in self.blocks:
-            if block.kind == "T" and not channels_last:
-                x, channels_last = x.permute(0, 2, 3, 1), True
-            x = block(x)
-        return x if channels_last else x.permute(0, 2, 3, 1)
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))  # S0: (B, D0, H/2, W/2)
+        for stage in self.stages:  # S1..S4, each halves the size
+            x = stage(x)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x).mean((1, 2))
+        x = self.forward_features(x).mean((2, 3))  # global average pooling: (B, D)
         return self.head(self.pre_logits(self.norm(x)))
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -246,20 +245,67 @@ class CoAtNet(nn.Module):
 
     def set_image_size(self, image_size: int | tuple[int, int]) -> None:
         """Adapt a built model to another input size: every relative-bias table is resized bilinearly."""
-        new = pair(image_size)
-        multiple = 16 if self.layout == "ViT-Rel" else 32
-        if any(s <= 0 or s % multiple for s in new):
-            raise ValueError(f"image_size {new} must be positive multiples of {multiple}")
+        new = check_coatnet_size(image_size, self.layout)
         for m in self.modules():
             if isinstance(m, RelativeAttention):
                 h, w = m.map_size
                 m.resize_bias_table((h * new[0] // self.image_size[0], w * new[1] // self.image_size[1]))
         self.image_size = new
 
-    def stages(self) -> list[tuple[str, list[nn.Module]]]:
-        """Blocks grouped by stage, named ``s1..s4`` (one group for ViT-Rel)."""
-        starts = [0] + self.stage_ends[:-1]
-        return [(f"s{i + 1}", list(self.blocks[a:b])) for i, (a, b) in enumerate(zip(starts, self.stage_ends))]
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``; with ``strict=True`` a state dict of another model is refused
+        with its missing and unexpected keys grouped by stage (``stem``, ``stages.0`` ...)."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        if strict and (result.missing_keys or result.unexpected_keys):
+            raise RuntimeError(
+                f"this state dict does not fit {type(self).__name__} {self.config_name()}:\n"
+                + _grouped("missing", result.missing_keys)
+                + _grouped("unexpected", result.unexpected_keys)
+                + "is it from another model, layout or variant? Build the model it was saved from "
+                "(create_model(name, ...)), or pass strict=False to load only the matching keys."
+            )
+        return result
+
+    def config_name(self) -> str:
+        return next((f"{n!r}" for n, c in CONFIGS.items() if c == self.config), repr(self.config)) + (
+            f" with layout {self.layout!r}"
+        )
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            "torch.jit.script does not support coatlib's CoAtNet (einops and keyword arguments in its forward); "
+            "TorchScript is deprecated: use torch.compile(model) for speed or torch.export.export(model, (x,)) "
+            "to export a graph"
+        )
+
+
+SE_ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU}
+
+
+def check_coatnet_size(image_size: int | tuple[int, int], layout: str) -> tuple[int, int]:
+    """``(H, W)``, or a ``ValueError`` naming the nearest valid sizes: CoAtNet halves the map five
+    times (multiples of 32); ViT-Rel cuts 16x16 patches (multiples of 16)."""
+    H, W = pair(image_size)
+    multiple = 16 if layout == "ViT-Rel" else 32
+    if any(s <= 0 or s % multiple for s in (H, W)):
+        raise ValueError(
+            f"image_size {(H, W)} is not supported by layout {layout!r}: height and width must be positive "
+            f"multiples of {multiple} (the network down-samples {multiple}x); nearest valid: height "
+            f"{nearest_multiples(max(H, 1), multiple)}, width {nearest_multiples(max(W, 1), multiple)}"
+        )
+    return H, W
+
+
+def _grouped(what: str, keys: list[str]) -> str:
+    """``"missing keys: stem (2), stages.2 (40): stages.2.blocks.0.norm1.weight, ..."``, one line per group."""
+    if not keys:
+        return ""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for k in keys:
+        parts = k.split(".")
+        groups[".".join(parts[:2]) if parts[0] == "stages" else parts[0]].append(k)
+    lines = [f"  {g} ({len(ks)}): {', '.join(ks[:3])}{', ...' if len(ks) > 3 else ''}" for g, ks in groups.items()]
+    return f"{len(keys)} {what} keys:\n" + "\n".join(lines) + "\n"
 
 
 def _builder(name: str, config: str, layout: str = "C-C-T-T"):
@@ -268,6 +314,7 @@ def _builder(name: str, config: str, layout: str = "C-C-T-T"):
 
     build.__name__ = name
     build.__doc__ = f"{config} with layout {layout}: {CONFIGS[config]}"
+    build.__annotations__ = {"return": CoAtNet}  # create_model reads the accepted keywords from it
     return build
 
 

@@ -2,7 +2,7 @@
 
 * EfficientNet (Tan & Le 2019, "EfficientNet: Rethinking Model Scaling for
   Convolutional Neural Networks"): B0 is the searched baseline of Table 1,
-  MBConv blocks (coatlib's ``MBConv``: expand 1x1 -> depthwise k x k -> SE ->
+  MBConv blocks (coatlib's ``InvertedResidual``: expand 1x1 -> depthwise k x k -> SE ->
   project 1x1, SiLU) with squeeze-excitation to a quarter of the block's input
   width. B1-B7 scale B0's width, depth and resolution together (compound
   scaling, Eq. 3): channels x ``width`` (rounded to multiples of 8), repeats x
@@ -25,7 +25,8 @@ from functools import partial
 
 import torch.nn as nn
 
-from coatlib.layers import ConvNormAct, MBConv, drop_path_rates, make_divisible
+from coatlib.blocks import FusedMBConv, InvertedResidual
+from coatlib.layers import ConvNormAct, drop_path_rates, make_divisible
 from coatlib.models.mobilenet import ConvNet
 from coatlib.registry import register_model
 
@@ -100,7 +101,7 @@ del M, F
 
 class EfficientNet(ConvNet):
     """EfficientNet B0-B7 / EfficientNetV2 from a config table: a 3x3 stride-2 stem conv, one
-    ``nn.Sequential`` of ``MBConv`` blocks per table row, a 1x1 head conv, dropout and a linear classifier.
+    ``nn.Sequential`` of ``InvertedResidual`` (MBConv) or ``FusedMBConv`` blocks per table row, a 1x1 head conv, dropout and a linear classifier.
 
     Per row: channels ``make_divisible(out * width)``, ``ceil(layers * depth)``
     blocks, the first with the row's stride. MBConv blocks squeeze-excite to
@@ -126,12 +127,16 @@ class EfficientNet(ConvNet):
             out = make_divisible(row.out * config.width)
             blocks = []
             for i in range(depth):
-                blocks.append(MBConv(
-                    c, out, mid_chs=make_divisible(c * row.expand), stride=row.stride if i == 0 else 1,
-                    kernel_size=row.kernel, se_chs=max(1, c // 4) if row.block == "mbconv" else 0,
-                    act_layer=SiLU, norm_layer=norm, pre_norm=False, stride_on="dw",
-                    drop_path=next(rates), fused=row.block == "fused",
-                ))  # fmt: skip
+                mid, stride = make_divisible(c * row.expand), row.stride if i == 0 else 1
+                if row.block == "fused":
+                    blocks.append(FusedMBConv(
+                        c, out, mid, stride, row.kernel, act_layer=SiLU, norm_layer=norm, drop_path=next(rates),
+                    ))  # fmt: skip
+                else:
+                    blocks.append(InvertedResidual(
+                        c, out, mid, stride, row.kernel, se_chs=max(1, c // 4), act_layer=SiLU, norm_layer=norm,
+                        drop_path=next(rates),
+                    ))  # fmt: skip
                 c = out
             features.append(nn.Sequential(*blocks))
         head = config.head or 4 * c

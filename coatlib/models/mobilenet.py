@@ -6,7 +6,7 @@
 * V2 (Sandler et al. 2018, "MobileNetV2: Inverted Residuals and Linear
   Bottlenecks"): the inverted residual block, expand 1x1 -> depthwise 3x3 ->
   linear 1x1 projection, with a shortcut between the thin ends (Table 2). This
-  is coatlib's ``MBConv`` in its post-norm form, the same class CoAtNet uses.
+  is coatlib's ``InvertedResidual``; CoAtNet's ``MBConv`` is its pre-norm descendant.
 * V3 (Howard et al. 2019, "Searching for MobileNetV3"): the V2 block with
   squeeze-excitation (hard-sigmoid gate), hard-swish in the deeper half and
   5x5 kernels, found by architecture search (Tables 1 and 2).
@@ -24,8 +24,9 @@ from functools import partial
 import torch
 import torch.nn as nn
 
+from coatlib.blocks import InvertedResidual
 from coatlib.layers import (
-    ConvNormAct, Layer, MBConv, check_image_size, check_images, drop_path_rates, init_weights, make_divisible,
+    ConvNormAct, Layer, check_image_size, check_images, drop_path_rates, init_weights, make_divisible,
 )
 from coatlib.registry import register_model
 
@@ -99,7 +100,7 @@ V2_ROWS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3
 
 class MobileNetV2(ConvNet):
     """MobileNet V2 (Sandler et al. 2018, Table 2): a 32-channel stem, 17 inverted residual
-    blocks (``MBConv``, ReLU6, stride on the depthwise conv), a 1x1 conv to 1280, dropout 0.2."""
+    blocks (``InvertedResidual``, ReLU6, stride on the depthwise conv), a 1x1 conv to 1280, dropout 0.2."""
 
     def __init__(
         self, num_classes: int = 1000, image_size=224, in_chans: int = 3, dropout: float = 0.2, drop_path_rate: float = 0.0
@@ -109,9 +110,8 @@ class MobileNetV2(ConvNet):
         c = 32
         for t, out, n, s in V2_ROWS:
             for i in range(n):
-                features.append(MBConv(
-                    c, out, mid_chs=round(c * t), stride=s if i == 0 else 1, act_layer=ReLU6,
-                    pre_norm=False, stride_on="dw", drop_path=next(rates),
+                features.append(InvertedResidual(
+                    c, out, mid_chs=round(c * t), stride=s if i == 0 else 1, act_layer=ReLU6, drop_path=next(rates),
                 ))  # fmt: skip
                 c = out
         features.append(ConvNormAct(c, 1280, 1, act_layer=ReLU6))
@@ -165,7 +165,7 @@ del B
 class MobileNetV3(ConvNet):
     """MobileNet V3 Large / Small (Howard et al. 2019, Tables 1 and 2).
 
-    Each row is an ``MBConv`` whose squeeze-excitation squeezes to a quarter of
+    Each row is an ``InvertedResidual`` whose squeeze-excitation squeezes to a quarter of
     the expansion size (rounded to a multiple of 8) with ReLU inside and a
     hard-sigmoid gate. The classifier is ``1x1 conv -> pool -> linear ->
     hard-swish -> dropout -> linear`` (the paper's "efficient last stage",
@@ -186,11 +186,10 @@ class MobileNetV3(ConvNet):
         rates = drop_path_rates(drop_path_rate, len(config.rows), endpoint=False)
         c = config.stem
         for row, dp in zip(config.rows, rates):
-            features.append(MBConv(
+            features.append(InvertedResidual(
                 c, row.out, mid_chs=row.exp, stride=row.stride, kernel_size=row.kernel,
                 se_chs=make_divisible(row.exp // 4) if row.se else 0, se_act_layer=ReLU, se_gate_layer=nn.Hardsigmoid,
-                act_layer=Hardswish if row.act == "HS" else ReLU, norm_layer=norm,
-                pre_norm=False, stride_on="dw", drop_path=dp,
+                act_layer=Hardswish if row.act == "HS" else ReLU, norm_layer=norm, drop_path=dp,
             ))  # fmt: skip
             c = row.out
         features.append(ConvNormAct(c, config.last_conv, 1, norm_layer=norm, act_layer=Hardswish))

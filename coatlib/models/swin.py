@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from coatlib.attention import MultiHeadAttention, RelativeAttention
-from coatlib.layers import InferenceCache, check_image_size, check_images, drop_path_rates, init_weights
+from coatlib.layers import check_image_size, check_images, drop_path_rates, init_weights
 from coatlib.models.vit import EncoderBlock, PatchEmbed
 from coatlib.registry import register_model
 
@@ -87,8 +87,7 @@ class WindowAttention(RelativeAttention):
     torchvision does, the map is zero-padded to whole windows (the padding takes
     part in the attention) and a window that covers the whole padded map is not
     shifted. The relative bias (plus the shift mask) goes to the fused
-    ``scaled_dot_product_attention`` as its ``attn_mask``; in eval mode the sum
-    of bias and mask is cached.
+    ``scaled_dot_product_attention`` as its ``attn_mask``.
     """
 
     def __init__(self, dim: int, head_dim: int = 32, window: int = 7, shift: int = 0):
@@ -96,7 +95,6 @@ class WindowAttention(RelativeAttention):
         if not 0 <= shift < window:
             raise ValueError(f"shift must be in [0, window={window}), got {shift}")
         self.window, self.shift = window, shift
-        self._mask_cache = InferenceCache()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -118,21 +116,13 @@ class WindowAttention(RelativeAttention):
         """The additive attention mask of every window: the relative bias ``(heads, N, N)`` when
         nothing is shifted, else ``(batch * nW, heads, N, N)``: bias + shift mask of each window.
 
-        The fused kernel needs the mask laid out like the batch of windows; only the
-        per-window ``(nW, heads, N, N)`` sum is cached, the batch copy is cheap.
+        The fused kernel needs the mask laid out like the batch of windows.
         """
         bias = self.relative_bias()
         if not any(shift):
             return bias
-
-        def combine() -> torch.Tensor:
-            mask = shift_mask(height, width, self.window, shift, bias.device).to(bias.dtype)
-            return bias[None] + mask[:, None]
-
-        if self.training:
-            combined = combine()
-        else:
-            combined = self._mask_cache.get([self.relative_bias_table], combine, height, width, shift)
+        mask = shift_mask(height, width, self.window, shift, bias.device).to(bias.dtype)
+        combined = bias[None] + mask[:, None]  # (nW, heads, N, N)
         return combined.expand(batch, -1, -1, -1, -1).flatten(0, 1)
 
     def extra_repr(self) -> str:
