@@ -28,7 +28,7 @@ class MBConv(nn.Module):
     ``x <- Proj(Pool(x)) + Conv1x1(SE(DepthConv(Conv1x1(BN(x), stride))))``
 
     The first 1x1 conv expands to ``expand_ratio * out_chs`` channels (4 in the
-    paper), the 3x3 depthwise conv mixes each channel with its neighbours (Eq. 1),
+    paper), the ``kernel_size`` (3 in the paper) depthwise conv mixes each channel with its neighbours (Eq. 1),
     squeeze-excitation reweights the channels (shrink ratio 0.25 of the output
     width), and the last 1x1 conv projects back to ``out_chs`` with a bias and
     no norm. The shortcut ``Proj(Pool(x))`` pools (2x2, stride 2) and projects
@@ -45,6 +45,7 @@ class MBConv(nn.Module):
         in_chs: int,
         out_chs: int,
         stride: int = 1,
+        kernel_size: int = 3,
         expand_ratio: int = 4,
         se_ratio: float = 0.25,
         downsample: str = "conv",
@@ -61,7 +62,7 @@ class MBConv(nn.Module):
         self.shortcut = Downsample(in_chs, out_chs, stride, pool)
         self.norm = nn.BatchNorm2d(in_chs)
         self.expand = ConvNormAct(in_chs, mid_chs, 1, stride_1x1, act_layer=act_layer)
-        self.dw = ConvNormAct(mid_chs, mid_chs, 3, stride_dw, groups=mid_chs, act_layer=act_layer)
+        self.dw = ConvNormAct(mid_chs, mid_chs, kernel_size, stride_dw, groups=mid_chs, act_layer=act_layer)
         self.se = SqueezeExcite(mid_chs, int(se_ratio * out_chs), se_act_layer or act_layer)
         self.project = conv1x1(mid_chs, out_chs)
         self.drop_path = DropPath(drop_path)
@@ -70,7 +71,7 @@ class MBConv(nn.Module):
         shortcut = self.shortcut(x)  # Proj(Pool(x)): (B, C_out, H/s, W/s)
         out = self.norm(x)  # pre-activation BatchNorm
         out = self.expand(out)  # 1x1 conv, stride s: (B, 4 C_out, H/s, W/s)
-        out = self.dw(out)  # 3x3 depthwise conv, Eq. 1
+        out = self.dw(out)  # k x k depthwise conv, Eq. 1
         out = self.se(out)  # squeeze-excitation
         out = self.project(out)  # 1x1 conv: (B, C_out, H/s, W/s)
         return shortcut + self.drop_path(out)

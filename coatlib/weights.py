@@ -18,6 +18,7 @@ gives a coatlib ResNet-50 with the same ImageNet predictions.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -263,8 +264,7 @@ def load_timm_weights(
 
     def convert(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if key.endswith("relative_bias_table") and value.ndim == 2:  # ((2H-1)(2W-1), heads) -> (heads, 2H-1, 2W-1)
-            rows, cols = 2 * model.get_submodule(key.rsplit(".", 1)[0]).map_size[0] - 1, -1
-            return value.T.reshape(value.shape[1], rows, cols)
+            return value.T.reshape(value.shape[1], *_table_shape(value.shape[0], target.shape[1:]))
         if key.endswith(("attn.qkv.weight", "attn.qkv.bias")):  # rows (heads, 3, d) -> (3, heads, d)
             heads = model.get_submodule(key.rsplit(".", 2)[0]).num_heads
             value = value.reshape(heads, 3, -1, *value.shape[1:]).transpose(0, 1).reshape(value.shape)
@@ -273,6 +273,20 @@ def load_timm_weights(
         return value
 
     return _load(model, _as_state_dict(state_dict), rename, convert, "timm")
+
+
+def _table_shape(cells: int, target: tuple[int, int]) -> tuple[int, int]:
+    """The ``(2H-1, 2W-1)`` of a flattened table of ``cells`` entries: the model's own shape, or a
+    square one (timm's models are built for square images; coatlib then resizes the table)."""
+    if cells == target[0] * target[1]:
+        return tuple(target)
+    side = math.isqrt(cells)
+    if side * side != cells:
+        raise ValueError(
+            f"a flattened bias table of {cells} entries fits neither this model's {target[0]}x{target[1]} table "
+            f"nor a square one: build the coatlib model at the image size the weights were made for"
+        )
+    return side, side
 
 
 def _as_state_dict(state_dict: Mapping[str, torch.Tensor] | nn.Module | str | os.PathLike) -> Mapping:

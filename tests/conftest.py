@@ -23,3 +23,13 @@ def torchvision():
     if tv is None:
         pytest.skip("torchvision is not importable here")
     return tv
+
+
+@pytest.fixture(scope="session")
+def timm():
+    """timm, the reference for CoAtNet's trained weights (imported after the torchvision stand-in)."""
+    import_peer("torchvision")
+    lib = import_peer("timm")
+    if lib is None:
+        pytest.skip("timm is not importable here")
+    return lib

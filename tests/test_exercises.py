@@ -170,8 +170,8 @@ def test_relative_attention_reference_matches_coatlib():
         attn = RelativeAttention(16, head_dim=8, map_size=(2, 3), softmax=softmax)
         with torch.no_grad():
             attn.relative_bias_table.normal_()
-        x = torch.randn(2, 2, 3, 16)
-        q, k, v = attn.qkv_heads(x.flatten(1, 2))
+        x = torch.randn(2, 16, 2, 3)
+        q, k, v = attn.qkv_heads(x.flatten(2).transpose(1, 2))
         out = ex.relative_attention(q, k, v, attn.relative_bias_table, softmax)
         want = attn.attention_weights(x) @ v
         assert torch.allclose(out, want, atol=1e-5)
@@ -196,7 +196,7 @@ def test_static_kernel_reference_matches_coatlib():
     with torch.no_grad():
         attn.relative_bias_table.normal_()
         attn.qkv.bias.zero_()
-    a = attn.attention_weights(torch.zeros(1, 3, 4, 8))[0, 0]
+    a = attn.attention_weights(torch.zeros(1, 8, 3, 4))[0, 0]
     for i in range(12):
         assert torch.allclose(a[i].view(3, 4), static_kernel(attn.relative_bias_table[0], i // 4, i % 4), atol=1e-6)
 
@@ -256,7 +256,7 @@ def test_window_partition():
 
 
 def coatnet_head(model, features):
-    return model.head(model.pre_logits(model.norm(features.mean((1, 2)))))
+    return model.head(model.pre_logits(model.norm(features.mean((2, 3)))))
 
 
 def test_coatnet_head_is_the_models_head():
@@ -274,8 +274,8 @@ def test_coatnet_head_check_leaves_the_random_state_alone():
 
 def test_coatnet_head():
     passes(ex.check_coatnet_head, coatnet_head)
-    fails(ex.check_coatnet_head, lambda m, f: m.head(m.pre_logits(f.mean((1, 2)))), "apply model.norm")
-    fails(ex.check_coatnet_head, lambda m, f: m.head(m.pre_logits(m.norm(f).mean((1, 2)))), "pool first, then normalise")
+    fails(ex.check_coatnet_head, lambda m, f: m.head(m.pre_logits(f.mean((2, 3)))), "apply model.norm")
+    fails(ex.check_coatnet_head, lambda m, f: m.head(m.pre_logits(m.norm(f.transpose(1, 3)).mean((1, 2)))), "pool first, then normalise")
     fails(ex.check_coatnet_head, lambda m, f: m.head(m.pre_logits(m.norm(f.mean(-1)))), "raised RuntimeError")
     fails(ex.check_coatnet_head, lambda m, f: coatnet_head(m, f).softmax(-1), "[image=0, class=0]")
 

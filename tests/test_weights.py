@@ -8,7 +8,6 @@ import torch
 import torch.nn as nn
 
 import coatlib
-from coatlib.layers import fold_batchnorms
 
 
 def randomize_(model: nn.Module, size: int) -> nn.Module:
@@ -56,12 +55,12 @@ def test_same_logits_as_torchvision(torchvision, name, size, kwargs):
     with torch.no_grad():
         expected = reference(x)
         assert (expected[0] - expected[1]).abs().max() > 0.5  # the logits depend on the input
-        # the mapping is exact: with conv and BatchNorm run one after the other, as torchvision does
-        torch.testing.assert_close(fold_batchnorms(model, False)(x), expected, atol=1e-4, rtol=0)
-        # the default inference path folds BatchNorm into the convs: the same up to float rounding,
+        # the mapping is exact: conv and BatchNorm run one after the other, as torchvision does
+        torch.testing.assert_close(model(x), expected, atol=1e-4, rtol=0)
+        # coatlib.fuse folds BatchNorm into the convs: the same up to float rounding,
         # which grows with depth, so the bound is relative to the logits' size
         scale = max(1.0, expected.abs().max().item())
-        torch.testing.assert_close(fold_batchnorms(model, True)(x), expected, atol=1e-4 * scale, rtol=0)
+        torch.testing.assert_close(coatlib.fuse(model)(x), expected, atol=1e-4 * scale, rtol=0)
 
 
 def test_vit_weights_for_another_image_size(torchvision):
@@ -132,3 +131,66 @@ def test_other_family_and_depth_are_refused(torchvision):
 def test_models_without_torchvision_twin_raise_type_error(name):
     with pytest.raises(TypeError, match="torchvision has no counterpart"):
         coatlib.load_torchvision_weights(coatlib.create_model(name), {})
+
+
+# ---- timm's CoAtNets --------------------------------------------------------------------------
+
+TIMM_ARCHITECTURE = dict(downsample="dw", pool="avg", se_act="silu", norm_eps=1e-6)
+
+
+def timm_twins(timm, n: int, size: int):
+    reference = randomize_(timm.create_model(f"coatnet_{n}_224", img_size=size), size)
+    head_dim = 32 if n == 5 else None  # timm's CoAtNet-5 keeps head size 32 (the paper: 64)
+    model = coatlib.create_model(f"coatnet_{n}", image_size=size, head_dim=head_dim, **TIMM_ARCHITECTURE)
+    return reference, coatlib.load_timm_weights(model, reference.state_dict()).eval()
+
+
+@pytest.mark.parametrize("n,size", [(0, 224), (2, 64)])
+def test_timm_coatnet_weights_give_the_same_logits(timm, n, size):
+    """Randomised BatchNorm statistics and bias tables of std 0.5 (an index error would show);
+    coatnet_0 at full size (14x14 and 7x7 attention maps), coatnet_2 (other widths) at 64 px."""
+    reference, model = timm_twins(timm, n, size)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters())
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        expected = reference(x)
+        assert (expected[0] - expected[1]).abs().max() > 0.1  # the logits depend on the input
+        torch.testing.assert_close(model(x), expected, atol=1e-5 * max(1.0, expected.abs().max().item()), rtol=0)
+
+
+@pytest.mark.parametrize("n", [1, 3, 4])
+def test_timm_coatnet_1_3_4_state_dicts_map_completely(timm, n):
+    """On the meta device (no memory, no arithmetic): every timm tensor finds its place and shape."""
+    with torch.device("meta"):
+        reference = timm.create_model(f"coatnet_{n}_224")
+        model = coatlib.create_model(f"coatnet_{n}", **TIMM_ARCHITECTURE)
+    coatlib.load_timm_weights(model, reference.state_dict())
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters())
+
+
+def test_timm_coatnet_5_differs_from_the_paper_only_in_head_size(timm):
+    """timm's coatnet_5_224 uses heads of 32 channels, the paper 64: 419,056 more bias-table
+    parameters (REFERENCE.md); with head_dim=32 coatlib has timm's count exactly."""
+    with torch.device("meta"):
+        paper = coatlib.create_model("coatnet_5")
+        as_timm = coatlib.create_model("coatnet_5", head_dim=32)
+        reference = timm.create_model("coatnet_5_224")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(as_timm) == count(reference) == 687_472_008
+    assert count(as_timm) - count(paper) == 419_056
+
+
+def test_timm_weights_resize_tables_for_another_image_size(timm):
+    reference = randomize_(timm.create_model("coatnet_0_224"), 224)
+    model = coatlib.create_model("coatnet_0", image_size=384, **TIMM_ARCHITECTURE)
+    coatlib.load_timm_weights(model, reference.state_dict())
+    table = model.stages[3].blocks[0].attn.relative_bias_table
+    assert table.shape == (24, 23, 23)  # 12x12 map at 384 (7x7 at 224)
+
+
+def test_timm_weights_of_another_size_or_model_are_refused(timm):
+    state = timm.create_model("coatnet_0_224", img_size=64).state_dict()
+    with pytest.raises(ValueError, match="does not fit this CoAtNet: it has nothing for 'stages.1.blocks.3"):
+        coatlib.load_timm_weights(coatlib.create_model("coatnet_1", image_size=64, **TIMM_ARCHITECTURE), state)
+    with pytest.raises(TypeError, match="C-C-T-T CoAtNets into a coatlib CoAtNet, got ResNet"):
+        coatlib.load_timm_weights(coatlib.create_model("resnet18"), state)

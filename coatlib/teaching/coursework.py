@@ -41,7 +41,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from coatlib.teaching.book import BEGIN_SOLUTION, END_SOLUTION, INSTALL_TAG, KERNELSPEC, SOLUTION_TAG, find_root, toc_notebooks
+from coatlib.teaching.book import (
+    BEGIN_SOLUTION,
+    END_SOLUTION,
+    INSTALL_TAG,
+    KERNELSPEC,
+    SOLUTION_TAG,
+    find_root,
+    toc_notebooks,
+)
 
 RESULT_MIME = "application/vnd.coatlib.check+json"
 METADATA_KEY = "coursework"

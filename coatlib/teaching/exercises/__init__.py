@@ -27,10 +27,14 @@ from coatlib.teaching.exercises.ch1_depthwise import (
     check_receptive_field,
     receptive_field,
 )
-from coatlib.teaching.exercises.ch2_attention import check_attention, check_patchify, check_attention_macs
+from coatlib.teaching.exercises.ch2_attention import (
+    check_attention,
+    check_attention_macs,
+    check_patchify,
+)
 from coatlib.teaching.exercises.ch3_relative import (
-    check_relative_index,
     check_relative_attention,
+    check_relative_index,
     check_static_kernel,
     relative_attention,
 )
@@ -39,13 +43,17 @@ from coatlib.teaching.exercises.ch4_layouts import (
     check_window_attention_macs,
     check_window_partition,
 )
-from coatlib.teaching.exercises.ch5_coatnet import check_coatnet_head, check_transformer_params, check_resize_table
+from coatlib.teaching.exercises.ch5_coatnet import (
+    check_coatnet_head,
+    check_resize_table,
+    check_transformer_params,
+)
 from coatlib.teaching.exercises.ch6_family import check_scale_stage, check_shift_mask
 from coatlib.teaching.exercises.ch7_scaling import (
     check_channels_last_strides,
+    check_ddp_gradient,
     check_round_to_bf16,
     check_shard_indices,
-    check_ddp_gradient,
 )
 
 __all__ = [

@@ -5,8 +5,9 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from coatlib.blocks import MBConv
 from coatlib.flops import count_macs
-from coatlib.layers import MBConv
 from coatlib.teaching.exercises._base import (
     Hint,
     _call,
@@ -53,12 +54,12 @@ def _border_only(bad: torch.Tensor, p: int) -> str | None:
 @_check
 def check_mbconv_macs(fn: Callable) -> None:
     """``fn(c, k, h, w)``: multiply-accumulates of ``coatlib``'s CoAtNet MBConv block with ``c`` input and
-    output channels on an ``h x w`` map: ``MBConv(c, c, mid_chs=4 * c, kernel_size=k, se_chs=c // 4)``
+    output channels on an ``h x w`` map: ``MBConv(c, c, kernel_size=k)``
     (stride 1), i.e. a 1x1 expansion to 4c channels, a ``k x k`` depthwise conv, squeeze-excitation on
     the pooled vector (4c -> c/4 -> 4c) and a 1x1 projection back to c. Norms, activations, biases and
     the residual sum are not counted."""
     for c, k, h, w in [(96, 3, 56, 56), (64, 5, 14, 14), (32, 3, 20, 30)]:
-        block = MBConv(c, c, mid_chs=4 * c, kernel_size=k, se_chs=c // 4).eval()
+        block = MBConv(c, c, kernel_size=k).eval()
         want = count_macs(block, torch.zeros(1, c, h, w))
         e, r = 4 * c, c // 4
         convs = h * w * (c * e + e * k * k + e * c)

@@ -5,6 +5,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
 from coatlib.attention import MultiHeadAttention
 from coatlib.flops import count_macs
 from coatlib.teaching.exercises._base import (

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+
 from coatlib.attention import relative_position_index
 from coatlib.teaching.exercises._base import (
     _call,

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+
 from coatlib.attention import RelativeAttention
 from coatlib.flops import count_macs
 from coatlib.models.swin import WindowAttention, window_partition
@@ -27,7 +28,7 @@ def check_attention_memory(fn: Callable) -> None:
         side = image_size // 2 ** (stage + 1)
         with torch.device("meta"):  # shapes only: no memory is used
             layer = RelativeAttention(width, head_dim=32, map_size=side)
-            weights = layer.attention_weights(torch.zeros(batch, side, side, width))
+            weights = layer.attention_weights(torch.zeros(batch, width, side, side))
         want = weights.numel() * weights.element_size()
         heads, n = width // 32, side * side
         hints = [

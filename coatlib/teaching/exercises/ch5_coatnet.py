@@ -5,8 +5,9 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
 from coatlib.attention import resize_table
-from coatlib.models.coatnet import TransformerBlock
+from coatlib.blocks import TransformerBlock
 from coatlib.teaching.exercises._base import (
     Wrong,
     _call,
@@ -21,7 +22,7 @@ from coatlib.teaching.exercises._base import (
 @_check
 def check_coatnet_head(fn: Callable) -> None:
     """``fn(model, features)``: the head of a CoAtNet ``model`` applied to the output of its last stage,
-    ``features`` of shape ``(B, H, W, D)`` (channels last, as ``model.forward_features`` returns it):
+    ``features`` of shape ``(B, D, H, W)`` (as ``model.forward_features`` returns it):
     global average pooling over the positions, ``model.norm`` (LayerNorm), ``model.pre_logits`` (linear
     and tanh) and ``model.head`` (the classifier). Returns the logits ``(B, classes)``."""
     from coatlib.registry import create_model
@@ -33,21 +34,21 @@ def check_coatnet_head(fn: Callable) -> None:
     with torch.no_grad():
         model.norm.weight.copy_(1 + _randn(g, 128))  # a LayerNorm that is not the identity
         model.norm.bias.copy_(_randn(g, 128))
-        features = 3 * _randn(g, 2, 2, 2, 128) + 1
-        want = model.head(model.pre_logits(model.norm(features.mean((1, 2)))))
+        features = 3 * _randn(g, 2, 128, 2, 2) + 1
+        want = model.head(model.pre_logits(model.norm(features.mean((2, 3)))))
         hints = [
-            (model.head(model.pre_logits(features.mean((1, 2)))), "apply model.norm (the LayerNorm) to the pooled features."),
-            (model.head(model.pre_logits(model.norm(features).mean((1, 2)))), "pool first, then normalise: the LayerNorm acts on the pooled vector."),
-            (model.head(model.norm(features.mean((1, 2)))), "apply model.pre_logits (linear + tanh) before the classifier."),
-            (model.head(model.pre_logits(model.norm(features.amax((1, 2))))), "the pooling is an average over the positions, not a maximum."),
+            (model.head(model.pre_logits(features.mean((2, 3)))), "apply model.norm (the LayerNorm) to the pooled features."),
+            (model.head(model.pre_logits(model.norm(features.transpose(1, 3)).mean((1, 2)))), "pool first, then normalise: the LayerNorm acts on the pooled vector."),
+            (model.head(model.norm(features.mean((2, 3)))), "apply model.pre_logits (linear + tanh) before the classifier."),
+            (model.head(model.pre_logits(model.norm(features.amax((2, 3))))), "the pooling is an average over the positions, not a maximum."),
         ]
-        _compare(_call(fn, model, features), want, f"{_name(fn)}(model, features of shape (2, 2, 2, 128))", ("image", "class"), hints)
+        _compare(_call(fn, model, features), want, f"{_name(fn)}(model, features of shape (2, 128, 2, 2))", ("image", "class"), hints)
 
 
 @_check
 def check_transformer_params(fn: Callable) -> None:
     """``fn(in_dim, out_dim, map_size, head_dim)``: parameters of one CoAtNet Transformer block
-    (``coatlib.models.coatnet.TransformerBlock``) from ``in_dim`` to ``out_dim`` channels on a
+    (``coatlib.blocks.TransformerBlock``) from ``in_dim`` to ``out_dim`` channels on a
     ``map_size = (H, W)`` map, with heads of ``head_dim`` channels: the shortcut projection (when the
     width changes), two LayerNorms, q/k/v and output projections, one bias table per head and the FFN."""
     for cin, cout, (h, w), hd in [(192, 384, (14, 14), 32), (384, 384, (14, 14), 32), (384, 768, (7, 7), 32), (32, 64, (4, 6), 16)]:

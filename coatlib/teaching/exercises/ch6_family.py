@@ -5,6 +5,7 @@ import math
 from typing import Callable
 
 import torch
+
 from coatlib.layers import make_divisible
 from coatlib.models.swin import shift_mask, window_partition
 from coatlib.teaching.exercises._base import (

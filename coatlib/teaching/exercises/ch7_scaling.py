@@ -9,6 +9,9 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils.data import DistributedSampler
+
 from coatlib.teaching.exercises._base import (
     Wrong,
     _call,
@@ -17,8 +20,6 @@ from coatlib.teaching.exercises._base import (
     _name,
     _randn,
 )
-from torch.overrides import TorchFunctionMode
-from torch.utils.data import DistributedSampler
 
 
 def _compare_sequence(got, want: list, call: str, hints: Sequence[tuple[list, str]] = ()) -> None:
