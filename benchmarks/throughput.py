@@ -6,9 +6,10 @@ Prints images/s for inference and for a training step (forward, backward,
 SGD step), the ratio coatlib / timm at equal architecture (timm's
 ``coatnet_0_224`` uses the stride-2 depthwise down-sampling and average
 pooling, so coatlib is built with ``downsample="dw", pool="avg"``) and with
-coatlib's defaults, and the achieved GFLOP/s against a large matmul measured
-in the same run. ``--no-fold`` turns off coatlib's eval-mode BatchNorm folding
-(the ablation: conv and BatchNorm run one after the other, as in timm).
+coatlib's defaults, each as the plain model (conv and BatchNorm one after the
+other, as in timm) and as ``coatlib.fuse(model)`` (BatchNorm folded, bias
+tables expanded once; inference only), and the achieved GFLOP/s against a
+large matmul measured in the same run.
 Images/s are from each model's best round; the speed-ups are medians of the
 per-round ratios (``paired_speedup``), which hold up when the load changes.
 """
@@ -22,7 +23,6 @@ import time
 import torch
 
 import coatlib
-from coatlib.layers import fold_batchnorms
 from peers import import_peer
 
 
@@ -98,43 +98,46 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
-    parser.add_argument("--no-fold", action="store_true", help="run BatchNorm apart from the convs")
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    rows = [
-        ("coatlib coatnet_0, timm's architecture (dw, avg)", lambda: coatlib.create_model("coatnet_0", downsample="dw", pool="avg")),
-        ("coatlib coatnet_0, defaults (Eq. 5 strided 1x1, max)", lambda: coatlib.create_model("coatnet_0")),
+    equal = coatlib.create_model("coatnet_0", downsample="dw", pool="avg")
+    default = coatlib.create_model("coatnet_0")
+    models = [  # (name, model, trains)
+        ("coatlib coatnet_0, timm's architecture (dw, avg)", equal, True),
+        ("coatlib.fuse(coatnet_0), timm's architecture (dw, avg)", coatlib.fuse(equal), False),
+        ("coatlib coatnet_0, defaults (Eq. 5 strided 1x1, max)", default, True),
+        ("coatlib.fuse(coatnet_0), defaults", coatlib.fuse(default), False),
     ]
     timm = import_peer("timm")
     if timm is not None:
-        rows.insert(0, ("timm coatnet_0_224", lambda: timm.create_model("coatnet_0_224")))
+        models.insert(0, ("timm coatnet_0_224", timm.create_model("coatnet_0_224"), True))
 
     peak = matmul_gflops(args.device)
     print(f"device: {args.device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
-          f"torch {torch.__version__}, batch {args.batch}, 224x224, {'bf16 autocast' if args.amp else 'fp32'}, "
-          f"coatlib's BatchNorm {'not ' if args.no_fold else ''}folded")
+          f"torch {torch.__version__}, batch {args.batch}, 224x224, {'bf16 autocast' if args.amp else 'fp32'}")
     print(f"2048x2048 matmul: {peak:.0f} GFLOP/s\n")
-    print(f"| model | params | GMACs | infer img/s | train img/s | infer GFLOP/s (% of matmul) |")
+    print("| model | params | GMACs | infer img/s | train img/s | infer GFLOP/s (% of matmul) |")
     print("|---|---|---|---|---|---|")
-    models = [(name, build()) for name, build in rows]
-    for name, model in models:
-        if name.startswith("coatlib"):
-            fold_batchnorms(model, not args.no_fold)
-    closures = [steps(model, args) for _, model in models]
+    closures = [steps(model, args) for _, model, _ in models]
+    trainers = [i for i, (_, _, trains) in enumerate(models) if trains]
     infer = timed_rounds([c[0] for c in closures], args.iters)
-    train = timed_rounds([c[1] for c in closures], max(2, args.iters // 2), warmup=1)
-    for i, (name, model) in enumerate(models):
+    train = dict(zip(trainers, timed_rounds([closures[i][1] for i in trainers], max(2, args.iters // 2), warmup=1)))
+    for i, (name, model, _) in enumerate(models):
         params = sum(p.numel() for p in model.parameters()) / 1e6
         macs = coatlib.count_flops(model, 224) / 1e9
-        inf, tr = args.batch / min(infer[i]), args.batch / min(train[i])
+        inf = args.batch / min(infer[i])
+        tr = f"{args.batch / min(train[i]):.2f}" if i in train else "(inference only)"
         gflops = 2 * macs * inf
-        print(f"| {name} | {params:.2f}M | {macs:.2f} | {inf:.2f} | {tr:.2f} | {gflops:.0f} ({100 * gflops / peak:.0f}%) |")
+        print(f"| {name} | {params:.2f}M | {macs:.2f} | {inf:.2f} | {tr} | {gflops:.0f} ({100 * gflops / peak:.0f}%) |")
     if timm is not None:
         print("\nspeed-up over timm (median over rounds of the paired times):")
-        for i, (name, _) in enumerate(models[1:], start=1):
-            print(f"{name}: inference {paired_speedup(infer, i, 0):.2f}x timm, "
-                  f"training step {paired_speedup(train, i, 0):.2f}x timm")
+        train_times = [train[i] for i in trainers]
+        for i, (name, _, trains) in enumerate(models[1:], start=1):
+            line = f"{name}: inference {paired_speedup(infer, i, 0):.2f}x timm"
+            if trains:
+                line += f", training step {paired_speedup(train_times, trainers.index(i), 0):.2f}x timm"
+            print(line)
     else:
         print("\ntimm is not importable: no side-by-side ratio")
 
