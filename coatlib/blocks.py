@@ -87,7 +87,7 @@ class TransformerBlock(nn.Module):
     position) appear only in a block that changes the size or the width: the
     first of a stage. ``map_size`` is the size of the map after pooling, the
     map the attention sees. The FFN is ``fc2(GELU(fc1(x)))``, ``ffn_ratio``
-    times wider inside, applied to every position (1x1 convs). ``norm_eps`` is
+    times wider inside, applied to every position's channels. ``norm_eps`` is
     the LayerNorms' epsilon (PyTorch's 1e-5; timm uses 1e-6).
     """
 
@@ -110,7 +110,7 @@ class TransformerBlock(nn.Module):
         self.pool = make_pool(pool, stride) if stride != 1 else nn.Identity()
         self.attn = RelativeAttention(in_dim, out_dim, head_dim, map_size, softmax)
         self.norm2 = LayerNorm2d(out_dim, eps=norm_eps)
-        self.ffn = Mlp(out_dim, ffn_ratio * out_dim, linear_layer=conv1x1)
+        self.ffn = Mlp(out_dim, ffn_ratio * out_dim, channels_first=True)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H/s, W/s)

@@ -139,8 +139,8 @@ def make_pool(kind: str, stride: int = 2) -> nn.Module:
 class Mlp(nn.Module):
     """The Transformer feed-forward network: ``fc2(act(fc1(x)))``, hidden width ``hidden``.
 
-    ``linear_layer`` is ``nn.Linear`` for tokens ``(..., dim)``; ``conv1x1`` applies the
-    same map to every pixel of a channels-first map ``(B, dim, H, W)``.
+    Tokens come in as ``(..., dim)``; with ``channels_first=True`` a map ``(B, dim, H, W)``,
+    and the same two linear layers act on every position's channels.
     """
 
     def __init__(
@@ -150,15 +150,21 @@ class Mlp(nn.Module):
         out_dim: int | None = None,
         act_layer: Layer = nn.GELU,
         drop: float = 0.0,
-        linear_layer: Layer = nn.Linear,
+        channels_first: bool = False,
     ):
         super().__init__()
-        self.fc1 = linear_layer(dim, hidden)
+        self.channels_first = channels_first
+        self.fc1 = nn.Linear(dim, hidden)
         self.act = act_layer()
         self.drop = nn.Dropout(drop)
-        self.fc2 = linear_layer(hidden, out_dim or dim)
+        self.fc2 = nn.Linear(hidden, out_dim or dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_first:  # (B, C, H, W) -> (B, H, W, C): a view for channels-last memory
+            return self.forward_tokens(x.movedim(1, -1)).movedim(-1, 1)
+        return self.forward_tokens(x)
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 

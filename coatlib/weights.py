@@ -235,9 +235,9 @@ def load_timm_weights(
     (``coatnet_5``: also ``head_dim=32``; timm uses 32 where the paper uses 64.)
     The stage and block numbers are the same (``stages.2.blocks.3``); inside a
     block the names differ (``TIMM_MBCONV``, ``TIMM_TRANSFORMER``), and two
-    layouts: timm's Transformer blocks use 1x1 convs where coatlib's attention
-    uses ``nn.Linear`` for q, k, v and the output projection (the same numbers
-    with a trailing ``1 x 1``) and order the q, k, v rows ``(heads, 3, d)`` where
+    layouts: timm's Transformer blocks use 1x1 convs where coatlib uses
+    ``nn.Linear`` for q, k, v, the output projection and the FFN (the same
+    numbers with a trailing ``1 x 1``) and order the q, k, v rows ``(heads, 3, d)`` where
     coatlib has ``(3, heads, d)``; timm stores a bias table as
     ``((2H-1)(2W-1), heads)``, coatlib as ``(heads, 2H-1, 2W-1)``. Every tensor
     must fit; tables made for another image size are resized. Returns ``model``.
@@ -268,7 +268,7 @@ def load_timm_weights(
         if key.endswith(("attn.qkv.weight", "attn.qkv.bias")):  # rows (heads, 3, d) -> (3, heads, d)
             heads = model.get_submodule(key.rsplit(".", 2)[0]).num_heads
             value = value.reshape(heads, 3, -1, *value.shape[1:]).transpose(0, 1).reshape(value.shape)
-        if ".attn." in key and value.ndim == 4 and target.ndim == 2:  # 1x1 conv -> nn.Linear
+        if (".attn." in key or ".ffn." in key) and value.ndim == 4 and target.ndim == 2:  # 1x1 conv -> nn.Linear
             return value.flatten(1)
         return value
 

@@ -119,7 +119,9 @@ def eq4(block: TransformerBlock, x: torch.Tensor, stride: int, pool: str, norm_t
     out = F.linear(out, attn.proj.weight, attn.proj.bias).transpose(1, 2).reshape(B, -1, H, W)
     x = shortcut + out
     h = ln_channels(x, block.norm2)
-    h = conv(F.gelu(conv(h, block.ffn.fc1)), block.ffn.fc2)
+    h = h.permute(0, 2, 3, 1)  # the FFN acts on every position's channels
+    h = F.linear(F.gelu(F.linear(h, block.ffn.fc1.weight, block.ffn.fc1.bias)), block.ffn.fc2.weight, block.ffn.fc2.bias)
+    h = h.permute(0, 3, 1, 2)
     return x + h
 
 
