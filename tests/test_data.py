@@ -217,6 +217,21 @@ def test_cifar10_without_torchvision(monkeypatch):
         load("cifar10", download=True)
 
 
+def test_cifar10_with_a_mismatched_torchvision_says_so(monkeypatch):
+    import types
+
+    broken = types.ModuleType("torchvision")
+
+    def fail(name):
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+    broken.__getattr__ = fail  # what a CUDA torchvision does beside a CPU-only torch
+    monkeypatch.setitem(sys.modules, "torchvision", broken)
+    with pytest.raises(RuntimeError, match="mismatched builds.*offline data sets are digits") as info:
+        load("cifar10", download=True)
+    assert "pip install torchvision" not in str(info.value)
+
+
 def test_available_describes_every_data_set():
     assert set(coatlib.data.available()) == set(coatlib.data.DATASETS)
     assert set(coatlib.data.OFFLINE) < set(coatlib.data.DATASETS)

@@ -109,17 +109,30 @@ def test_receptive_field():
 # chapter 2 ------------------------------------------------------------------
 
 
-def attention(q, k, v):
-    return (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(-1) @ v
+def masked_attention(q, k, v, keep):
+    scores = (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).masked_fill(~keep, float("-inf"))
+    return torch.where(keep.any(-1, keepdim=True), scores.softmax(-1), 0.0).nan_to_num(0.0) @ v
 
 
-def test_attention():
-    passes(ex.check_attention, attention)
-    fails(ex.check_attention, lambda q, k, v: (q @ k.transpose(-2, -1)).softmax(-1) @ v, "divide the scores by sqrt(d)")
-    fails(ex.check_attention, lambda q, k, v: (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(-2) @ v,
-          "softmax over the keys", "[batch=0, head=0, query=0, channel=")
-    fails(ex.check_attention, lambda q, k, v: (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(-1),
-          "returned shape (2, 3, 5, 5); expected (2, 3, 5, 8)", "you returned the attention weights")
+def test_masked_attention_reference_is_sdpa_with_a_bool_mask():
+    q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 6, 8), torch.randn(2, 3, 6, 8)
+    keep = torch.rand(5, 6) < 0.5
+    keep[:, 0] = True  # every query keeps a key: SDPA is defined there
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+    assert torch.allclose(ex.masked_attention(q, k, v, keep), want, atol=1e-5)
+
+
+def test_masked_attention():
+    passes(ex.check_masked_attention, ex.masked_attention)
+    passes(ex.check_masked_attention, masked_attention)
+    scores = lambda q, k: q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5  # noqa: E731
+    fails(ex.check_masked_attention, lambda q, k, v, m: scores(q, k).masked_fill(~m, float("-inf")).softmax(-1) @ v,
+          "is nan, expected 0", "return zeros for it")
+    fails(ex.check_masked_attention, lambda q, k, v, m: (scores(q, k) * m).softmax(-1) @ v, "exp(0) = 1")
+    fails(ex.check_masked_attention, lambda q, k, v, m: (scores(q, k).softmax(-1) * m) @ v, "no longer sum to 1")
+    fails(ex.check_masked_attention, lambda q, k, v, m: ex.masked_attention(q, k, v, ~m), "mask where keep is False")
+    fails(ex.check_masked_attention, lambda q, k, v, m: ex.masked_attention(q * q.shape[-1] ** 0.5, k, v, m),
+          "divide the scores by sqrt(d)")
 
 
 def patchify(images, p):
@@ -177,12 +190,28 @@ def test_relative_attention_reference_matches_coatlib():
         assert torch.allclose(out, want, atol=1e-5)
 
 
-def test_relative_attention():
-    passes(ex.check_relative_attention, ex.relative_attention)
-    swapped = lambda q, k, v, t, s: ex.relative_attention(q, k, v, t, "post" if s == "pre" else "pre")
-    fails(ex.check_relative_attention, swapped, "'post'-softmax form")
-    fails(ex.check_relative_attention, lambda q, k, v, t, s: ex.relative_attention(q, k, v, t.flip(1, 2), s), "yours is w[j - i]")
-    fails(ex.check_relative_attention, lambda q, k, v, t, s: ex.relative_attention(q, k, v, 0 * t, s), "table is missing")
+def test_clipped_bias_reference():
+    """With a table as large as the map (K = H - 1) nothing is clipped: it is the plain relative bias."""
+    from coatlib.attention import relative_position_index
+
+    table = torch.randn(2, 5, 7)
+    assert torch.equal(ex.clipped_bias(table, 3, 4), table.flatten(1)[:, relative_position_index(3, 4)])
+    small = torch.arange(9.0).view(1, 3, 3)  # K = L = 1
+    bias = ex.clipped_bias(small, 1, 5)       # one row of 5: offsets -4..4 in x, clipped to -1..1
+    assert bias[0, 0].tolist() == [4.0, 3.0, 3.0, 3.0, 3.0] and bias[0, 4].tolist() == [5.0, 5.0, 5.0, 5.0, 4.0]
+
+
+def test_clipped_bias():
+    passes(ex.check_clipped_bias, ex.clipped_bias)
+    fails(ex.check_clipped_bias, lambda t, H, W: ex.clipped_bias(t.flip(-2, -1), H, W), "not pos(j) - pos(i)")
+
+    def unshifted(t, H, W):
+        K, L = (t.shape[-2] - 1) // 2, (t.shape[-1] - 1) // 2
+        rows, cols = torch.arange(H * W) // W, torch.arange(H * W) % W
+        return t[:, (rows[:, None] - rows[None, :]).clamp(-K, K), (cols[:, None] - cols[None, :]).clamp(-L, L)]
+
+    fails(ex.check_clipped_bias, unshifted, "add K")
+    fails(ex.check_clipped_bias, lambda t, H, W: t[:, :H * W, :H * W], "returned shape")
 
 
 def static_kernel(table, row, col):
@@ -255,29 +284,32 @@ def test_window_partition():
 # chapter 5 ------------------------------------------------------------------
 
 
-def coatnet_head(model, features):
-    return model.head(model.pre_logits(model.norm(features.mean((2, 3)))))
+def test_bias_params_reference_counts_the_models_tables():
+    from coatlib.models.coatnet import CONFIGS
+
+    for name, size in [("coatnet_0", 224), ("coatnet_0", 384), ("coatnet_5", 512), ("coatnet_6", 512),
+                       ("coatnet_pico", 64)]:
+        with torch.device("meta"):
+            model = coatlib.create_model(name, image_size=size)
+        tables = sum(p.numel() for n, p in model.named_parameters() if n.endswith("relative_bias_table"))
+        assert ex.bias_params(CONFIGS[name], size) == tables, (name, size)
 
 
-def test_coatnet_head_is_the_models_head():
-    model = coatlib.create_model("coatnet_pico", num_classes=5, image_size=32).eval()
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(coatnet_head(model, model.forward_features(x)), model(x), atol=1e-6)
+def test_bias_params():
+    passes(ex.check_bias_params, ex.bias_params)
 
+    def heads_of_32(config, size):
+        return sum(d * (w // 32) * (2 * size // 2 ** (i + 1) - 1) ** 2
+                   for i, (d, w) in enumerate(zip(config.depths[2:], config.widths[2:]), start=3))
 
-def test_coatnet_head_check_leaves_the_random_state_alone():
-    state = torch.get_rng_state()
-    ex.check_coatnet_head(coatnet_head, verbose=False)
-    assert torch.equal(torch.get_rng_state(), state)
+    fails(ex.check_bias_params, heads_of_32, "width / config.head_dim")
 
+    def map_not_offsets(config, size):
+        return sum(d * (w // config.head_dim) * (size // 2 ** (i + 1)) ** 2
+                   for i, (d, w) in enumerate(zip(config.depths[2:], config.widths[2:]), start=3))
 
-def test_coatnet_head():
-    passes(ex.check_coatnet_head, coatnet_head)
-    fails(ex.check_coatnet_head, lambda m, f: m.head(m.pre_logits(f.mean((2, 3)))), "apply model.norm")
-    fails(ex.check_coatnet_head, lambda m, f: m.head(m.pre_logits(m.norm(f.transpose(1, 3)).mean((1, 2)))), "pool first, then normalise")
-    fails(ex.check_coatnet_head, lambda m, f: m.head(m.pre_logits(m.norm(f.mean(-1)))), "raised RuntimeError")
-    fails(ex.check_coatnet_head, lambda m, f: coatnet_head(m, f).softmax(-1), "[image=0, class=0]")
+    fails(ex.check_bias_params, map_not_offsets, "one entry per offset")
+    fails(ex.check_bias_params, lambda c, s: ex.bias_params(c, s) // c.depths[2] if c.depths[3] == 1 else 0, "returned")
 
 
 def transformer_params(cin, cout, map_size, head_dim):

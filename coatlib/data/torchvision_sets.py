@@ -69,6 +69,24 @@ def imagenette(split="train", image_size=128, channels=3, download=False, root=N
     return _photos("imagenette", make, split, image_size, channels, download, root, IMAGENET_MEAN, IMAGENET_STD)
 
 
+def mismatched_torchvision(error: BaseException) -> str:
+    """The message for a torchvision that is installed but fails to import: a build for another torch."""
+    import torch
+
+    try:
+        from importlib.metadata import version
+
+        tv = version("torchvision")
+    except Exception:
+        tv = "?"
+    return (
+        f"torchvision {tv} is installed but cannot be imported ({type(error).__name__}: {error}): it was built "
+        f"for a different PyTorch than the installed torch {torch.__version__} (mismatched builds, e.g. a CUDA "
+        f"torchvision wheel beside a CPU-only torch). Install the torchvision build that matches this torch, "
+        f"from the same package index and of the same variant (CPU or CUDA), or reinstall both together."
+    )
+
+
 def _photos(name, make, split, image_size, channels, download, root, mean, std) -> TorchvisionImages:
     """``make(torchvision.datasets, root, download)`` from the files in ``root``, downloading them only if allowed;
     training images are flipped and shifted by up to 1/8 of their size."""
@@ -79,12 +97,16 @@ def _photos(name, make, split, image_size, channels, download, root, mean, std) 
     offline = f"The offline data sets are {', '.join(OFFLINE)} (coatlib.data.load(name, ...))."
     try:
         from torchvision import datasets
-    except Exception as e:  # not installed, or installed for another torch (fails on import)
+    except ModuleNotFoundError as e:
+        if e.name != "torchvision":
+            raise
         raise RuntimeError(
-            f"{name} is read through torchvision, which cannot be imported here ({type(e).__name__}: {e}). "
+            f"{name} is read through torchvision, which is not installed here. "
             f"Install torchvision (pip install torchvision) on a machine with network access and pass download=True. "
             f"{offline}"
         ) from e
+    except Exception as e:  # installed, but built for another torch: it fails while importing
+        raise RuntimeError(mismatched_torchvision(e) + f" {offline}") from e
     try:
         data = make(datasets, root, False)
     except RuntimeError as e:

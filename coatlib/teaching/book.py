@@ -77,12 +77,16 @@ def repository(root: Path) -> tuple[str, str]:
 
 
 def install_source(url: str, branch: str) -> str:
-    """The install cell: pip-install coatlib from ``url@branch`` only when it cannot be imported."""
+    """The install cell: pip-install coatlib from ``url@branch`` only when it cannot be imported.
+
+    The URL sits in a variable that IPython expands in the ``%pip`` line, so that no line of the
+    cell is longer than the book's 88 characters."""
     return (
         "try:\n"
         "    import coatlib\n"
         "except ImportError:  # e.g. in Colab: install the book's library from its repository\n"
-        f'    %pip install --quiet "coatlib @ git+{url}@{branch}"\n'
+        f'    repo = "{url}@{branch}"\n'
+        '    %pip install --quiet "coatlib @ git+{repo}"  # IPython fills in {repo}\n'
         "    import coatlib"
     )
 

@@ -28,14 +28,16 @@ from coatlib.teaching.exercises.ch1_depthwise import (
     receptive_field,
 )
 from coatlib.teaching.exercises.ch2_attention import (
-    check_attention,
     check_attention_macs,
+    check_masked_attention,
     check_patchify,
+    masked_attention,
 )
 from coatlib.teaching.exercises.ch3_relative import (
-    check_relative_attention,
+    check_clipped_bias,
     check_relative_index,
     check_static_kernel,
+    clipped_bias,
     relative_attention,
 )
 from coatlib.teaching.exercises.ch4_layouts import (
@@ -44,7 +46,8 @@ from coatlib.teaching.exercises.ch4_layouts import (
     check_window_partition,
 )
 from coatlib.teaching.exercises.ch5_coatnet import (
-    check_coatnet_head,
+    bias_params,
+    check_bias_params,
     check_resize_table,
     check_transformer_params,
 )
@@ -64,17 +67,20 @@ __all__ = [
     "check_mbconv_macs",
     "check_receptive_field",
     "receptive_field",
-    "check_attention",
+    "check_masked_attention",
+    "masked_attention",
     "check_patchify",
     "check_attention_macs",
     "check_relative_index",
-    "check_relative_attention",
+    "check_clipped_bias",
+    "clipped_bias",
     "check_static_kernel",
     "relative_attention",
     "check_attention_memory",
     "check_window_attention_macs",
     "check_window_partition",
-    "check_coatnet_head",
+    "check_bias_params",
+    "bias_params",
     "check_transformer_params",
     "check_resize_table",
     "check_scale_stage",

@@ -18,24 +18,47 @@ from coatlib.teaching.exercises._base import (
 )
 
 
+def masked_attention(q, k, v, keep):
+    """Reference: scaled dot-product attention in which query ``i`` only sees the keys ``j`` with
+    ``keep[i, j]``; a query that keeps no key returns zeros."""
+    scores = (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).masked_fill(~keep, float("-inf"))
+    weights = scores.softmax(-1).nan_to_num(0.0)  # a row of -inf only gives NaN: no key, no output
+    return weights @ v
+
+
 @_check
-def check_attention(fn: Callable) -> None:
-    """``fn(q, k, v)``: scaled dot-product attention ``softmax(q k^T / sqrt(d)) v`` over the last two
-    dimensions (``q: (..., Nq, d)``, ``k, v: (..., Nk, d)``), like ``F.scaled_dot_product_attention``."""
+def check_masked_attention(fn: Callable) -> None:
+    """``fn(q, k, v, keep)``: scaled dot-product attention ``softmax(q k^T / sqrt(d)) v`` in which
+    query ``i`` may only attend to the keys ``j`` with ``keep[i, j]`` (a bool ``(N_q, N_k)`` tensor,
+    shared by the leading batch and head dimensions); the weights of every query still sum to 1 over
+    its kept keys, and a query that keeps no key returns zeros."""
     g = torch.Generator().manual_seed(1)
-    for q_shape, kv_shape in [((2, 3, 5, 8), (2, 3, 5, 8)), ((6, 4), (6, 4)), ((1, 2, 4, 16), (1, 2, 9, 16))]:
+    cases = [((2, 3, 5, 8), (2, 3, 6, 8), 0.6), ((1, 2, 7, 16), (1, 2, 7, 16), 0.4), ((4, 8), (9, 8), 0.5)]
+    for q_shape, kv_shape, p in cases:
         q, k, v = _randn(g, *q_shape), _randn(g, *kv_shape), _randn(g, *kv_shape)
-        d = q.shape[-1]
-        scores = q @ k.transpose(-2, -1)
-        want = F.scaled_dot_product_attention(q, k, v) if q.ndim > 2 else (scores / d**0.5).softmax(-1) @ v
+        keep = torch.rand(q_shape[-2], kv_shape[-2], generator=g) < p
+        keep[0] = False  # the first query keeps no key at all
+        keep[1] = True   # the second keeps every key
+        want = masked_attention(q, k, v, keep)
+        scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
         hints = [
-            ((scores / d**0.5).softmax(-1), "you returned the attention weights; multiply them with v."),
-            (scores.softmax(-1) @ v, "divide the scores by sqrt(d) before the softmax (d is the size of q's last dimension)."),
-            ((scores / d).softmax(-1) @ v, "divide by sqrt(d), not by d."),
-            ((scores / d**0.5).softmax(-2) @ v, "take the softmax over the keys (the last dimension), so that each query's weights sum to 1."),
+            ((scores * keep).softmax(-1) @ v,
+             "a score of 0 does not remove a key (exp(0) = 1): set the masked scores to -inf before the softmax."),
+            ((scores.softmax(-1) * keep) @ v,
+             "zeroing weights after the softmax leaves rows that no longer sum to 1: mask the scores, before the softmax."),
+            (scores.masked_fill(keep, float("-inf")).softmax(-1).nan_to_num(0.0) @ v,
+             "keep[i, j] = True means query i may attend to key j: mask where keep is False."),
+            (masked_attention(q * q.shape[-1] ** 0.5, k, v, keep), "divide the scores by sqrt(d) before the softmax."),
         ]
-        call = f"{_name(fn)}(q, k, v) with q of shape {q_shape} and k, v of shape {kv_shape}"
-        _compare(_call(fn, q, k, v), want, call, ("batch", "head")[: q.ndim - 2] + ("query", "channel"), hints)
+
+        def nan_hint(got, bad):
+            if torch.isnan(got).any():
+                return "a query whose keys are all masked gets a softmax of -inf only, which is NaN: return zeros for it."
+            return None
+
+        call = f"{_name(fn)}(q, k, v, keep) with q of shape {q_shape}, k and v of shape {kv_shape}"
+        axes = ("batch", "head")[: len(q_shape) - 2] + ("query", "channel")
+        _compare(_call(fn, q, k, v, keep), want, call, axes, [nan_hint, *hints])
 
 
 @_check

@@ -43,25 +43,37 @@ def relative_attention(q, k, v, table: torch.Tensor, softmax: str = "pre") -> to
     return weights @ v
 
 
+def clipped_bias(table: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """Reference: the ``(heads, N, N)`` bias of an ``H x W`` map from a table of ``(heads, 2K+1, 2L+1)``
+    entries for the offsets ``-K..K`` (rows) and ``-L..L`` (columns); larger offsets are clipped."""
+    K, L = (table.shape[-2] - 1) // 2, (table.shape[-1] - 1) // 2
+    rows, cols = torch.arange(H * W) // W, torch.arange(H * W) % W
+    dy = (rows[:, None] - rows[None, :]).clamp(-K, K) + K
+    dx = (cols[:, None] - cols[None, :]).clamp(-L, L) + L
+    return table[:, dy, dx]
+
+
 @_check
-def check_relative_attention(fn: Callable) -> None:
-    """``fn(q, k, v, table, softmax)``: relative attention, Eq. 3. ``q, k, v`` are ``(B, heads, N, d)``
-    for an ``H x W`` map (``N = H*W``), ``table`` is ``(heads, 2H-1, 2W-1)`` and ``softmax`` is ``"pre"``
-    (bias added to the logits) or ``"post"`` (bias added to the weights after the softmax)."""
+def check_clipped_bias(fn: Callable) -> None:
+    """``fn(table, H, W)``: the relative bias ``(heads, N, N)``, ``N = H*W``, of an ``H x W`` map from
+    a table ``(heads, 2K+1, 2L+1)`` that only holds the offsets ``-K..K`` and ``-L..L``: the offset
+    ``pos(i) - pos(j)`` is clipped into that range in each axis, as Shaw et al. clip theirs."""
     g = torch.Generator().manual_seed(3)
-    for (B, heads, H, W, d), mode in [((2, 2, 3, 3, 4), "pre"), ((2, 2, 3, 3, 4), "post"), ((1, 3, 2, 4, 8), "pre"), ((1, 3, 2, 4, 8), "post")]:
-        q, k, v = (_randn(g, B, heads, H * W, d) for _ in range(3))
-        table = _randn(g, heads, 2 * H - 1, 2 * W - 1)
-        want = relative_attention(q, k, v, table, mode)
-        other = "post" if mode == "pre" else "pre"
+    for heads, K, L, H, W in [(2, 1, 1, 4, 4), (1, 2, 1, 3, 5), (3, 2, 3, 5, 4), (1, 3, 3, 3, 3)]:
+        table = _randn(g, heads, 2 * K + 1, 2 * L + 1)
+        want = clipped_bias(table, H, W)
+        rows, cols = torch.arange(H * W) // W, torch.arange(H * W) % W
+        dy, dx = rows[:, None] - rows[None, :], cols[:, None] - cols[None, :]
         hints = [
-            (relative_attention(q, k, v, table, other), f"you computed the {other!r}-softmax form; softmax={mode!r} asks for the other one."),
-            (relative_attention(q, k, v, table.flip(1, 2), mode), "the bias must be w[i - j] (query minus key); yours is w[j - i]."),
-            (relative_attention(q * d**0.5, k, v, table, mode), "scale the dot products q.k by 1 / sqrt(d); the bias is not scaled."),
-            (relative_attention(q, k, v, table * 0, mode), "the bias table is missing."),
+            (clipped_bias(table.flip(-2, -1), H, W),
+             "the bias is w[i - j]: use pos(i) - pos(j) (query minus key), not pos(j) - pos(i)."),
+            (table[:, dy.clamp(-K, K), dx.clamp(-L, L)],
+             "offsets run from -K to K: add K (and L) so that offset -K is entry 0; negative indices wrap around."),
+            (table[:, (dy % (2 * K + 1)), (dx % (2 * L + 1))],
+             "clip the offsets into -K..K with clamp; wrapping them around (%) gives far tokens a near token's bias."),
         ]
-        call = f"{_name(fn)}(q, k, v, table, {mode!r}) for a {H}x{W} map with {heads} heads"
-        _compare(_call(fn, q, k, v, table, mode), want, call, ("batch", "head", "query", "channel"), hints)
+        call = f"{_name(fn)}(table of shape {tuple(table.shape)}, {H}, {W})"
+        _compare(_call(fn, table, H, W), want, call, ("head", "query", "key"), hints)
 
 
 @_check

@@ -19,30 +19,41 @@ from coatlib.teaching.exercises._base import (
 )
 
 
-@_check
-def check_coatnet_head(fn: Callable) -> None:
-    """``fn(model, features)``: the head of a CoAtNet ``model`` applied to the output of its last stage,
-    ``features`` of shape ``(B, D, H, W)`` (as ``model.forward_features`` returns it):
-    global average pooling over the positions, ``model.norm`` (LayerNorm), ``model.pre_logits`` (linear
-    and tanh) and ``model.head`` (the classifier). Returns the logits ``(B, classes)``."""
-    from coatlib.registry import create_model
+def bias_params(config, image_size: int) -> int:
+    """Reference: relative-bias parameters of a CoAtNet built from ``config`` for square images of
+    ``image_size`` pixels: every Transformer block of S3 (map ``image_size / 16``) and S4 (``/ 32``)
+    has ``width / head_dim`` heads with a ``(2H-1) x (2W-1)`` table each."""
+    total = 0
+    for stage, (depth, width) in enumerate(zip(config.depths[2:], config.widths[2:]), start=3):
+        side = image_size // 2 ** (stage + 1)
+        total += depth * (width // config.head_dim) * (2 * side - 1) ** 2
+    return total
 
-    g = torch.Generator().manual_seed(6)
-    with torch.random.fork_rng():  # building the model must not move the reader's random numbers
-        torch.manual_seed(6)
-        model = create_model("coatnet_pico", num_classes=7, image_size=64).eval()
-    with torch.no_grad():
-        model.norm.weight.copy_(1 + _randn(g, 128))  # a LayerNorm that is not the identity
-        model.norm.bias.copy_(_randn(g, 128))
-        features = 3 * _randn(g, 2, 128, 2, 2) + 1
-        want = model.head(model.pre_logits(model.norm(features.mean((2, 3)))))
+
+@_check
+def check_bias_params(fn: Callable) -> None:
+    """``fn(config, image_size)``: the number of relative-bias parameters of a CoAtNet built from
+    ``config`` (a ``CoAtNetConfig``: ``depths``, ``widths``, ``head_dim``) for square images of
+    ``image_size`` pixels."""
+    from coatlib.models.coatnet import CONFIGS
+
+    for name, size in [("coatnet_0", 224), ("coatnet_0", 384), ("coatnet_2", 512), ("coatnet_5", 512),
+                       ("coatnet_pico", 64)]:
+        config = CONFIGS[name]
+        want = bias_params(config, size)
+        s3, s4 = size // 16, size // 32
+        d3, d4 = config.depths[2:]
+        h3, h4 = (w // config.head_dim for w in config.widths[2:])
         hints = [
-            (model.head(model.pre_logits(features.mean((2, 3)))), "apply model.norm (the LayerNorm) to the pooled features."),
-            (model.head(model.pre_logits(model.norm(features.transpose(1, 3)).mean((1, 2)))), "pool first, then normalise: the LayerNorm acts on the pooled vector."),
-            (model.head(model.norm(features.mean((2, 3)))), "apply model.pre_logits (linear + tanh) before the classifier."),
-            (model.head(model.pre_logits(model.norm(features.amax((2, 3))))), "the pooling is an average over the positions, not a maximum."),
+            (d3 * (config.widths[2] // 32) * (2 * s3 - 1) ** 2 + d4 * (config.widths[3] // 32) * (2 * s4 - 1) ** 2,
+             "the number of heads is width / config.head_dim; not every configuration has heads of 32."),
+            (d3 * h3 * s3 * s3 + d4 * h4 * s4 * s4,
+             "one entry per offset: an H x W map has (2H-1) x (2W-1) offsets, not H x W."),
+            (h3 * (2 * s3 - 1) ** 2 + h4 * (2 * s4 - 1) ** 2, "every block of a stage has its own tables: multiply by the depth."),
+            (d3 * h3 * (2 * s3 - 1) ** 2, "S4's Transformer blocks have bias tables too."),
+            (d3 * h3 * (2 * s3 + 1) ** 2 + d4 * h4 * (2 * s4 + 1) ** 2, "offsets run from -(H-1) to H-1: 2H - 1 of them."),
         ]
-        _compare(_call(fn, model, features), want, f"{_name(fn)}(model, features of shape (2, 128, 2, 2))", ("image", "class"), hints)
+        _compare_number(_call(fn, config, size), want, f"{_name(fn)}(CONFIGS[{name!r}], {size})", hints)
 
 
 @_check
