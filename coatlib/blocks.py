@@ -57,13 +57,13 @@ class MBConv(nn.Module):
         super().__init__()
         if downsample not in ("conv", "dw"):
             raise ValueError(f"downsample must be 'conv' (Eq. 5) or 'dw' (Table 9), got {downsample!r}")
-        mid_chs = expand_ratio * out_chs
+        mid_chs = round(expand_ratio * out_chs)
         stride_1x1, stride_dw = (stride, 1) if downsample == "conv" else (1, stride)
         self.shortcut = Downsample(in_chs, out_chs, stride, pool)
         self.norm = nn.BatchNorm2d(in_chs)
         self.expand = ConvNormAct(in_chs, mid_chs, 1, stride_1x1, act_layer=act_layer)
         self.dw = ConvNormAct(mid_chs, mid_chs, kernel_size, stride_dw, groups=mid_chs, act_layer=act_layer)
-        self.se = SqueezeExcite(mid_chs, int(se_ratio * out_chs), se_act_layer or act_layer)
+        self.se = SqueezeExcite(mid_chs, round(se_ratio * out_chs), se_act_layer or act_layer)
         self.project = conv1x1(mid_chs, out_chs)
         self.drop_path = DropPath(drop_path)
 
