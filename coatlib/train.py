@@ -52,6 +52,7 @@ import shlex
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -468,7 +469,9 @@ def load_checkpoint(
         # otherwise); dcp.load fills them from whichever shards hold their parts.
         model_state, optimizer_state = get_state_dict(model, optimizer if optimizer is not None else [])
         target = {"model": model_state} | ({"optimizer": optimizer_state} if optimizer is not None else {})
-        dcp.load(target, checkpoint_id=path, no_dist=not dist.is_initialized())
+        with warnings.catch_warnings():  # in one process, loading alone is the intent: no need to say so
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            dcp.load(target, checkpoint_id=path, no_dist=not dist.is_initialized())
         set_state_dict(model, optimizer if optimizer is not None else [], model_state_dict=target["model"],
                        optim_state_dict=target.get("optimizer", {}))
     else:
