@@ -46,6 +46,7 @@ from coatlib.teaching.exercises.ch7_scaling import (
     check_round_to_bf16,
     check_shard_indices,
     check_ddp_gradient,
+    check_fsdp_state_bytes,
 )
 
 __all__ = [
@@ -75,4 +76,5 @@ __all__ = [
     "check_round_to_bf16",
     "check_shard_indices",
     "check_ddp_gradient",
+    "check_fsdp_state_bytes",
 ]
