@@ -189,7 +189,7 @@ def advice(name: str, plans: list[Plan], batch: int, gpus: int) -> str:
         lines.append(f"On {gpus} GPUs it fits with --batch {fitting_batch} per GPU (accumulate gradients over "
                      f"{math.ceil(batch / fitting_batch)} steps to keep the batch), or with a smaller --image-size.")
     else:
-        lines.append(f"On {gpus} GPU(s) not even one image per GPU fits: use more GPUs, GPUs with more memory or "
+        lines.append(f"On {gpus} GPU{'s' if gpus > 1 else ''} not even one image per GPU fits: use more GPUs, GPUs with more memory or "
                      f"a smaller image size.")
     return " ".join(lines)
 
@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> list[Plan]:
     p.add_argument("--num-classes", type=int, default=1000)
     args = p.parse_args(argv)
     plans = plan(args.model, args.image_size, args.batch, args.gpus, args.gpu_memory, args.num_classes)
-    print(f"{args.model}, {args.image_size}x{args.image_size}, batch {args.batch} per GPU, {args.gpus} GPUs of "
+    gpus = f"{args.gpus} GPU{'s' if args.gpus > 1 else ''}"
+    print(f"{args.model}, {args.image_size}x{args.image_size}, batch {args.batch} per GPU, {gpus} of "
           f"{args.gpu_memory:g} GiB (usable {USABLE:.0%}); GiB per GPU:")
     print(table(plans))
     message = advice(args.model, plans, args.batch, args.gpus)
