@@ -15,8 +15,9 @@ Per GPU, with N GPUs and a batch of B images per GPU:
   (16 bytes per parameter) and the activations of its B images.
 * **FSDP**: weights, gradients and optimizer states are sharded, 16/N bytes per
   parameter, plus the working set: the parameters outside the blocks and two
-  blocks' parameters (the one computing, the next one being gathered) in the
-  compute precision.
+  blocks' parameters (the one computing, the next one being gathered), in
+  bfloat16 under ``bf16`` unless the model has BatchNorm (``coatlib.train``
+  then gathers float32 weights and computes under autocast).
 * **FSDP + activation checkpointing**: as FSDP, but only each block's input is
   kept; in the backward pass one block at a time is recomputed, so the
   activations are those outside the blocks, the blocks' inputs, and the largest
@@ -43,7 +44,7 @@ import torch
 import torch.nn as nn
 
 from coatlib.registry import create_model
-from coatlib.train import blocks_of
+from coatlib.train import blocks_of, has_batchnorm
 
 GiB = 2**30
 USABLE = 0.9  # of a GPU's memory; the rest is the CUDA context, workspaces and fragmentation
@@ -149,7 +150,8 @@ def plan(name: str, image_size: int = 224, batch: int = 1, gpus: int = 1, gpu_me
         model.to(dtype)
         images = torch.zeros(batch, getattr(model, "in_chans", 3), image_size, image_size, device="meta", dtype=dtype)
         acts = activation_bytes(model, images)
-        working_set = (outside + largest_two) * dtype.itemsize  # gathered, in the compute precision
+        gathered = torch.float32 if has_batchnorm(model) else dtype  # as coatlib.train gathers them
+        working_set = (outside + largest_two) * gathered.itemsize
         sharded = math.ceil(n / gpus)
         plans += [
             Plan("DDP", precision, 4 * n, 4 * n, 4 * ADAMW_STATES * n, acts.total, gpu_memory),

@@ -107,8 +107,10 @@ def fit(
     too): the same seed gives the same history on the same machine.
 
     ``fsdp=True`` (under torchrun only) shards the model with FSDP2 instead of
-    copying it with DDP; with ``amp="bf16"`` it computes through a bfloat16
-    ``MixedPrecisionPolicy`` rather than autocast (``amp="fp16"`` is refused).
+    copying it with DDP; with ``amp="bf16"`` it gathers the weights in bfloat16
+    and computes there (a ``MixedPrecisionPolicy``), or, for models with
+    BatchNorm, gathers float32 weights and computes under autocast
+    (``amp="fp16"`` is refused).
     ``activation_checkpointing=True`` recomputes each block in the backward
     pass instead of storing its activations; ``compile=True`` trains through
     ``torch.compile``. The model keeps its parameter names under all three.
@@ -155,7 +157,10 @@ def fit(
     _check_model_takes(model, train_data, device)
     if sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    net = _distribute(model, device, world, fsdp, activation_checkpointing, dtype)
+    # FSDP gathers the weights in bfloat16 (less memory and traffic), unless the model has BatchNorm,
+    # whose CPU kernel wants float32 weights beside its float32 statistics: then autocast casts.
+    cast_weights = fsdp and dtype is not None and not has_batchnorm(model)
+    net = _distribute(model, device, world, fsdp, activation_checkpointing, dtype if cast_weights else None)
     if compile:
         net = torch.compile(net)
 
@@ -180,7 +185,7 @@ def fit(
         pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
     )
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    autocast_dtype = None if fsdp else dtype  # under FSDP the MixedPrecisionPolicy casts instead
+    autocast_dtype = None if cast_weights else dtype  # or the MixedPrecisionPolicy casts
     step_options = dict(device=device, dtype=autocast_dtype, memory_format=memory_format, clip_grad=clip_grad)
 
     for epoch in range(start, epochs):
@@ -193,7 +198,8 @@ def fit(
         seconds = time.perf_counter() - t0
         test_loss, test_acc = (None, None)
         if test_data is not None:
-            test_loss, test_acc = evaluate(model, test_data, batch_size, device, None if fsdp else amp, channels_last)
+            test_loss, test_acc = evaluate(model, test_data, batch_size, device, None if cast_weights else amp,
+                                           channels_last)
         row = {
             "epoch": epoch + 1,
             "train_loss": (sums[0] / sums[2]).item(),
@@ -251,10 +257,16 @@ _NO_BLOCKS = (
 )
 
 
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` has a BatchNorm layer (FSDP then gathers its weights in float32)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def _distribute(model: nn.Module, device: torch.device, world: int, fsdp: bool, activation_checkpointing: bool,
                 dtype: torch.dtype | None) -> nn.Module:
     """Prepare ``model`` in place for training and return the module to call: ``model`` itself (one
-    process, or sharded by FSDP) or a ``DistributedDataParallel`` around it."""
+    process, or sharded by FSDP) or a ``DistributedDataParallel`` around it. ``dtype`` is the type
+    FSDP gathers the weights in and computes with (None: float32)."""
     if activation_checkpointing:
         for block in blocks_of(model):
             checkpoint_activations(block)  # keeps the block's input, recomputes the rest in backward

@@ -2,6 +2,7 @@
 
 In the folder ``sys.argv[1]`` it trains ViT-Rel pico with ``fit(fsdp=True)``
 (1) for 2 epochs, (2) crashing in epoch 2 and then resumed, (3) with activation
+checkpointing, and (4) CoAtNet pico (with BatchNorm) in bfloat16 with activation
 checkpointing, and writes each run's history and the logits of its final
 model on 8 test images to ``results.pt`` (process 0).
 """
@@ -71,6 +72,10 @@ def main(folder: Path):
 
     recomputed = model()
     results["checkpointed_history"] = fit(recomputed, train, test, fsdp=True, activation_checkpointing=True, **SETTINGS)
+    torch.manual_seed(0)  # CoAtNet with BatchNorm, bfloat16 and activation checkpointing
+    coatnet = coatlib.create_model("coatnet_pico", num_classes=2, image_size=32)
+    results["bf16_history"] = fit(coatnet, train, test, fsdp=True, amp="bf16", activation_checkpointing=True,
+                                  **SETTINGS)
     results["images"] = images
     if rank == 0:
         torch.save(results, folder / "results.pt")

@@ -4,6 +4,7 @@ sharded checkpoints, resume, activation checkpointing, the blocks they work on, 
 The 2-process runs live in ``fsdp_worker.py``; one torchrun launch serves all the tests
 here that need it, and the single-process reference trains beside it.
 """
+import math
 import os
 import subprocess
 import sys
@@ -70,6 +71,11 @@ def test_resumed_fsdp_run_equals_running_through(fsdp_runs):
 def test_fsdp_with_activation_checkpointing_trains_the_same(fsdp_runs):
     _, results, _, _ = fsdp_runs
     assert results["checkpointed_history"]["train_loss"] == pytest.approx(results["history"]["train_loss"], rel=1e-6)
+
+
+def test_fsdp_trains_coatnet_in_bfloat16(fsdp_runs):
+    history = fsdp_runs[1]["bf16_history"]  # BatchNorm: float32 weights gathered, autocast computes
+    assert history["epoch"] == [1, 2] and all(math.isfinite(v) for v in history["train_loss"] + history["test_loss"])
 
 
 def test_checkpoint_folder_of_another_model_is_refused(fsdp_runs):
