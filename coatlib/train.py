@@ -22,10 +22,23 @@ B take the same optimisation steps as one process with batch N*B, up to
 BatchNorm, which normalises each process's share (``sync_bn=True`` converts
 it to SyncBatchNorm, on CUDA only: PyTorch has no CPU SyncBatchNorm).
 
+Models too large for one device: ``fsdp=True`` (``--fsdp``, under torchrun) shards
+every block of the model (``blocks_of``), then the rest, over the processes with
+PyTorch's FSDP2 (``fully_shard``): each process keeps 1/N of the weights, gradients
+and optimizer states and gathers a block's weights only while it computes it. With
+``amp="bf16"`` the blocks compute in bfloat16 (a ``MixedPrecisionPolicy``) and the
+gradients are averaged in float32. Its checkpoints are folders written by
+``torch.distributed.checkpoint`` (each process writes its shards); they resume
+under the same number of processes and load into a model in one process
+(``load_checkpoint``). ``activation_checkpointing=True`` keeps only each block's
+input during the forward pass and recomputes the block in the backward pass;
+``compile=True`` runs the model through ``torch.compile``.
+
 Command line (``python -m coatlib.train --help``)::
 
     python -m coatlib.train --model coatnet_pico --data textures --epochs 5 --out runs/textures
     torchrun --nproc_per_node=2 -m coatlib.train --model coatnet_pico --data digits --out runs/ddp
+    torchrun --standalone --nproc_per_node=2 -m coatlib.train --model coatnet_pico --fsdp --out runs/fsdp
 """
 from __future__ import annotations
 
@@ -36,16 +49,22 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed._composable import checkpoint as checkpoint_activations
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "time", "images_per_s")
@@ -67,6 +86,9 @@ def fit(
     device: str | torch.device | None = None,
     channels_last: bool = False,
     sync_bn: bool = False,
+    fsdp: bool = False,
+    activation_checkpointing: bool = False,
+    compile: bool = False,
     seed: int = 0,
     checkpoint: str | Path | None = None,
     resume: bool = False,
@@ -84,7 +106,17 @@ def fit(
     (build the model after ``torch.manual_seed`` to fix its initial weights
     too): the same seed gives the same history on the same machine.
 
-    ``checkpoint``: a file written at the end of every epoch; with
+    ``fsdp=True`` (under torchrun only) shards the model with FSDP2 instead of
+    copying it with DDP; with ``amp="bf16"`` it gathers the weights in bfloat16
+    and computes there (a ``MixedPrecisionPolicy``), or, for models with
+    BatchNorm, gathers float32 weights and computes under autocast
+    (``amp="fp16"`` is refused).
+    ``activation_checkpointing=True`` recomputes each block in the backward
+    pass instead of storing its activations; ``compile=True`` trains through
+    ``torch.compile``. The model keeps its parameter names under all three.
+
+    ``checkpoint``: written at the end of every epoch, a file (or, with
+    ``fsdp=True``, a folder of ``torch.distributed.checkpoint`` shards); with
     ``resume=True`` training continues from it (the model's weights are
     replaced by the checkpoint's). An existing checkpoint is never
     overwritten by a new run (only continued with ``resume=True``). All inputs are checked before anything is
@@ -95,8 +127,17 @@ def fit(
     epoch; ``plot_history`` draws it.
     """
     rank, world, local_rank = init_distributed()
+    if fsdp and world == 1:
+        raise ValueError(
+            "fsdp=True shards the model over several processes, and this is one process: start it with "
+            "`torchrun --standalone --nproc_per_node=2 -m coatlib.train ... --fsdp` (N processes: "
+            "--nproc_per_node=N), or train without fsdp"
+        )
     device = _device(device, local_rank)
     dtype = _amp_dtype(amp, device)
+    if fsdp and amp == "fp16":
+        raise ValueError("fsdp=True computes in bfloat16 through FSDP's MixedPrecisionPolicy, without a "
+                         "GradScaler: use amp='bf16' (or amp=None)")
     if sync_bn and device.type != "cuda":
         raise ValueError("sync_bn=True needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); on the CPU each "
                          "process normalises its own share of the batch")
@@ -109,11 +150,19 @@ def fit(
             f"{checkpoint} already exists: pass resume=True (--resume) to continue that run, "
             f"or delete it or choose another path; it is not overwritten"
         )
+    if (fsdp or activation_checkpointing) and not blocks_of(model):
+        raise ValueError(_NO_BLOCKS.format(type(model).__name__))
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     model.to(device, memory_format=memory_format)
     _check_model_takes(model, train_data, device)
     if sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # FSDP gathers the weights in bfloat16 (less memory and traffic), unless the model has BatchNorm,
+    # whose CPU kernel wants float32 weights beside its float32 statistics: then autocast casts.
+    cast_weights = fsdp and dtype is not None and not has_batchnorm(model)
+    net = _distribute(model, device, world, fsdp, activation_checkpointing, dtype if cast_weights else None)
+    if compile:
+        net = torch.compile(net)
 
     optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr)
     warmup_steps, total_steps = round(warmup_epochs * steps_per_epoch), epochs * steps_per_epoch
@@ -124,21 +173,20 @@ def fit(
     history, start = {k: [] for k in HISTORY_KEYS}, 0
     torch.manual_seed(seed + rank)
     if resume:
-        state = load_checkpoint(checkpoint, model, schedule)
-        optimizer.load_state_dict(state["optimizer"])
+        state = load_checkpoint(checkpoint, model, schedule, optimizer)
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         history, start = state["history"], state["epoch"]
         _set_rng_state(state["rng"][rank], device)
 
-    net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
     sampler = DistributedSampler(train_data, num_replicas=world, rank=rank, shuffle=True, seed=seed)
     loader = DataLoader(
         train_data, batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
         pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
     )
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    step_options = dict(device=device, dtype=dtype, memory_format=memory_format, clip_grad=clip_grad)
+    autocast_dtype = None if cast_weights else dtype  # or the MixedPrecisionPolicy casts
+    step_options = dict(device=device, dtype=autocast_dtype, memory_format=memory_format, clip_grad=clip_grad)
 
     for epoch in range(start, epochs):
         sampler.set_epoch(epoch)
@@ -150,7 +198,8 @@ def fit(
         seconds = time.perf_counter() - t0
         test_loss, test_acc = (None, None)
         if test_data is not None:
-            test_loss, test_acc = evaluate(model, test_data, batch_size, device, amp, channels_last)
+            test_loss, test_acc = evaluate(model, test_data, batch_size, device, None if cast_weights else amp,
+                                           channels_last)
         row = {
             "epoch": epoch + 1,
             "train_loss": (sums[0] / sums[2]).item(),
@@ -167,8 +216,6 @@ def fit(
             print(_epoch_line(row, epochs), flush=True)
         if checkpoint is not None:
             state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
                 "epoch": epoch + 1,
@@ -176,11 +223,63 @@ def fit(
                 "schedule": schedule,
                 "rng": _gather_rng_state(device, world),
             }
-            if rank == 0:
-                save_checkpoint(state, checkpoint)
-            if world > 1:
-                dist.barrier()
+            if fsdp:
+                save_sharded_checkpoint(state, checkpoint, model, optimizer)
+            else:
+                state.update(model=model.state_dict(), optimizer=optimizer.state_dict(), model_description=_describe(model))
+                if rank == 0:
+                    save_checkpoint(state, checkpoint)
+                if world > 1:
+                    dist.barrier()
     return history
+
+
+def blocks_of(model: nn.Module) -> list[nn.Module]:
+    """The model's blocks, the units that FSDP shards and activation checkpointing recomputes.
+
+    They are the children of every submodule whose name ends in ``blocks`` and
+    that is an ``nn.ModuleList`` or ``nn.Sequential``: ``blocks.3`` in ViT,
+    ``stages.2.blocks.3`` in ConvNeXt. Blocks inside a block already found are
+    part of it. An empty list when the model has none.
+    """
+    found: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        inside_a_block = any(name.startswith(outer + ".") for outer, _ in found)
+        if name.rsplit(".", 1)[-1] == "blocks" and isinstance(module, (nn.ModuleList, nn.Sequential)) and not inside_a_block:
+            found += [(f"{name}.{child_name}", child) for child_name, child in module.named_children()]
+    return [block for _, block in found]
+
+
+_NO_BLOCKS = (
+    "{} has no blocks to shard or checkpoint: fsdp and activation_checkpointing work block by block and look "
+    "for an nn.ModuleList or nn.Sequential named `blocks` (e.g. model.blocks or model.stages[i].blocks). Keep "
+    "the model's repeated blocks in such a container, or train without fsdp and activation checkpointing"
+)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` has a BatchNorm layer (FSDP then gathers its weights in float32)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _distribute(model: nn.Module, device: torch.device, world: int, fsdp: bool, activation_checkpointing: bool,
+                dtype: torch.dtype | None) -> nn.Module:
+    """Prepare ``model`` in place for training and return the module to call: ``model`` itself (one
+    process, or sharded by FSDP) or a ``DistributedDataParallel`` around it. ``dtype`` is the type
+    FSDP gathers the weights in and computes with (None: float32)."""
+    if activation_checkpointing:
+        for block in blocks_of(model):
+            checkpoint_activations(block)  # keeps the block's input, recomputes the rest in backward
+    if fsdp:
+        model.to(memory_format=torch.contiguous_format)  # FSDP shards contiguous parameters only
+        policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if dtype else None)
+        for block in blocks_of(model):
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)  # the stem, head and norms: whatever no block holds
+        return model
+    if world > 1:
+        return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    return model
 
 
 def train_one_epoch(net, loader, criterion, optimizer, scheduler, scaler, *, device, dtype, memory_format,
@@ -236,24 +335,45 @@ def evaluate(
 
     Under ``torch.distributed`` each process evaluates every ``world``-th
     image and the sums are added up, so the result covers each image once.
+    Every process runs the same number of batches (the shorter shares are
+    padded with images that are not counted), as FSDP's gathers need.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     dtype = _amp_dtype(amp, device)
     world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
-    shard = Subset(data, range(rank, len(data), world)) if world > 1 else data
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, n
-    for x, y in DataLoader(shard, batch_size):
-        x, y = x.to(device, memory_format=memory_format), y.to(device)
+    for x, y, counted in DataLoader(_EvalShare(data, rank, world), batch_size):
+        x, y, counted = x.to(device, memory_format=memory_format), y.to(device), counted.to(device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(x).float()
-        sums += _batch_sums(F.cross_entropy(logits, y, reduction="sum"), logits, y)
+        losses = F.cross_entropy(logits, y, reduction="none")
+        sums += torch.stack([
+            (losses * counted).sum().double(), ((logits.argmax(1) == y) & counted).sum().double(), counted.sum().double()
+        ])
     model.train(was_training)
     if world > 1:
         dist.all_reduce(sums)
     return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()
+
+
+class _EvalShare(Dataset):
+    """Process ``rank``'s share of ``data``: items ``rank, rank + world, ...``, padded to ``ceil(len / world)``
+    items with repeats; each item is ``(image, label, counted)``, ``counted`` False for the padding."""
+
+    def __init__(self, data: Dataset, rank: int, world: int):
+        self.data, self.rank, self.world = data, rank, world
+        self.length = math.ceil(len(data) / world)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        index = self.rank + i * self.world
+        x, y = self.data[index % len(self.data)]
+        return x, y, index < len(self.data)
 
 
 def _batch_sums(loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -302,34 +422,97 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path | None, model: nn.Module, schedule: dict | None = None) -> dict:
-    """Read a checkpoint with ``weights_only=True``, check it fits ``model`` (and the ``schedule``
-    of this run, if given) and load its weights into ``model``; return the whole state."""
-    if path is None or not Path(path).is_file():
+def save_sharded_checkpoint(state: dict, path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Write a checkpoint folder with ``torch.distributed.checkpoint``: every process writes its own
+    shards of the model and the optimizer; process 0 adds the rest of ``state`` as ``train_state.pt``.
+
+    Called by every process. The folder is written under a temporary name and renamed when complete."""
+    path = Path(path)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    tmp = path.with_name(path.name + ".tmp")
+    if rank == 0 and tmp.exists():
+        shutil.rmtree(tmp)  # left by a crash while writing
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=tmp, no_dist=world == 1)
+    if rank == 0:
+        save_checkpoint({**state, "model_description": _describe(model)}, tmp / SHARDED_STATE)
+        old = path.with_name(path.name + ".old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    if world > 1:
+        dist.barrier()
+
+
+SHARDED_STATE = "train_state.pt"  # in a sharded checkpoint's folder: epoch, history, schedule, random states
+
+
+def load_checkpoint(
+    path: str | Path | None, model: nn.Module, schedule: dict | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> dict:
+    """Read a checkpoint, check it fits ``model`` (and the ``schedule`` of this run, if given), load its
+    weights into ``model`` (and its state into ``optimizer``, if given); return the rest of the state.
+
+    ``path`` is a file written by ``fit`` (read with ``weights_only=True``) or the folder of a sharded
+    run (``fsdp=True``), which loads into a sharded model under torchrun or into a whole model in one
+    process: ``load_checkpoint("runs/fsdp/checkpoint", create_model(...))`` then evaluates it alone.
+    """
+    path = Path(path) if path is not None else None
+    if path is None or not (path.is_file() or (path / SHARDED_STATE).is_file()):
         raise ValueError(f"cannot resume: no checkpoint file at {path}; pass checkpoint=PATH of an earlier run")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    _check_same_model(state["model"], model.state_dict(), path)
+    sharded = path.is_dir()
+    state = torch.load(path / SHARDED_STATE if sharded else path, map_location="cpu", weights_only=True)
+    if sharded:
+        saved = {k.removeprefix("model."): v.size for k, v in dcp.FileSystemReader(path).read_metadata()
+                 .state_dict_metadata.items() if k.startswith("model.")}
+    else:
+        saved = {k: v.shape for k, v in state["model"].items()}
+    current = {k: v.shape for k, v in model.state_dict().items()}
+    _check_same_model(saved, current, path, state.get("model_description"), _describe(model))
     if schedule is not None and state["schedule"] != schedule:
         raise ValueError(
             f"checkpoint {path} was written for the schedule {state['schedule']} but this run asks for {schedule}: "
             f"resume with the same epochs, batch size, number of processes and learning rate, or start a new run"
         )
-    model.load_state_dict(state["model"])
+    if sharded:
+        # get_state_dict gives tensors shaped like this model's (shards under FSDP, whole tensors
+        # otherwise); dcp.load fills them from whichever shards hold their parts.
+        model_state, optimizer_state = get_state_dict(model, optimizer if optimizer is not None else [])
+        target = {"model": model_state} | ({"optimizer": optimizer_state} if optimizer is not None else {})
+        with warnings.catch_warnings():  # in one process, loading alone is the intent: no need to say so
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            dcp.load(target, checkpoint_id=path, no_dist=not dist.is_initialized())
+        set_state_dict(model, optimizer if optimizer is not None else [], model_state_dict=target["model"],
+                       optim_state_dict=target.get("optimizer", {}))
+    else:
+        model.load_state_dict(state["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
     return state
 
 
-def _check_same_model(saved: dict, current: dict, path) -> None:
+def _describe(model: nn.Module) -> str:
+    """``"a CoAtNet with 312,774 parameters"``: the model a checkpoint belongs to, for error messages."""
+    return f"a {type(model).__name__.removeprefix('FSDP')} with {sum(p.numel() for p in model.parameters()):,} parameters"
+
+
+def _check_same_model(saved: dict, current: dict, path, saved_model: str | None = None,
+                      current_model: str | None = None) -> None:
+    """Raise unless the tensor shapes ``saved`` (name: shape) are those of the model, ``current``."""
     missing = sorted(set(current) - set(saved))
     unexpected = sorted(set(saved) - set(current))
-    differ = sorted(k for k in set(saved) & set(current) if saved[k].shape != current[k].shape)
+    differ = sorted(k for k in set(saved) & set(current) if tuple(saved[k]) != tuple(current[k]))
     if missing or unexpected or differ:
         examples = [f"missing {k}" for k in missing[:2]] + [f"unexpected {k}" for k in unexpected[:2]]
         examples += [
-            f"{k}: {tuple(saved[k].shape)} in the checkpoint, {tuple(current[k].shape)} in the model"
+            f"{k}: {tuple(saved[k])} in the checkpoint, {tuple(current[k])} in the model"
             for k in differ[:2]
         ]
+        belongs = f" ({saved_model}; this one is {current_model})" if saved_model else ""
         raise ValueError(
-            f"checkpoint {path} was written by a different model ({len(missing)} tensors missing, "
+            f"checkpoint {path} was written by a different model{belongs} ({len(missing)} tensors missing, "
             f"{len(unexpected)} unexpected, {len(differ)} of another shape; e.g. {'; '.join(examples)}). "
             f"Resume with the model (and image size) that wrote it, or start a new run in another place"
         )
@@ -381,11 +564,25 @@ def _device(device, local_rank: int) -> torch.device:
     return device
 
 
+def supported_amp(device: str | torch.device) -> list[str | None]:
+    """The values of ``amp`` that ``device`` can train with: None always, ``"bf16"`` on CPUs and on GPUs
+    with bfloat16 arithmetic, ``"fp16"`` on CUDA GPUs."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return [None, "fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() else [])
+    return [None, "bf16"] if device.type == "cpu" else [None]
+
+
 def _amp_dtype(amp: str | None, device: torch.device):
+    supported = supported_amp(device)
     if amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}; this device ({device}) supports "
+                         f"{', '.join(map(repr, supported))}")
     if amp == "fp16" and device.type != "cuda":
         raise ValueError("amp='fp16' needs a CUDA device (it trains with a GradScaler); on the CPU use amp='bf16'")
+    if amp not in supported:
+        raise ValueError(f"amp={amp!r} is not supported by this device ({device}), which supports "
+                         f"{', '.join(map(repr, supported))}: choose one of those")
     return AMP_DTYPES[amp]
 
 
@@ -476,7 +673,8 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
     p.add_argument("--model", default="coatnet_pico", help="registered name, see coatlib.list_models()")
     p.add_argument("--data", default="digits", help=f"one of {', '.join(coatlib.data.DATASETS)}")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--out", required=True, type=Path, help="folder for history.json and checkpoint.pt")
+    p.add_argument("--out", required=True, type=Path,
+                   help="folder for history.json and checkpoint.pt (with --fsdp: the folder checkpoint/)")
     p.add_argument("--image-size", type=int, default=None, help="default: the data set's")
     p.add_argument("--channels", type=int, default=3, choices=(1, 3))
     p.add_argument("--data-size", type=int, default=None, help="training images of a generated data set")
@@ -493,13 +691,21 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
+    p.add_argument("--fsdp", action="store_true",
+                   help="shard the model over the processes (FSDP2; under torchrun); --amp bf16 computes in bf16")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each block in the backward pass instead of storing its activations")
+    p.add_argument("--compile", action="store_true", help="train through torch.compile")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar and epoch lines, only the final line")
     args = p.parse_args(argv)
 
     rank, world, _ = init_distributed()
+    if args.fsdp and world == 1:  # before the data are built: say at once how to start it
+        raise ValueError("--fsdp shards the model over several processes: start it with `torchrun --standalone "
+                         "--nproc_per_node=N -m coatlib.train ... --fsdp` (N >= 2), or leave out --fsdp")
     options = {"download": True} if args.download else {}
     train_data, test_data = coatlib.data.load_splits(
         args.data, args.image_size, args.channels, args.data_size, args.test_size, **options
@@ -515,7 +721,9 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         label_smoothing=args.label_smoothing, clip_grad=args.clip_grad or None,
         amp=None if args.amp == "none" else args.amp, device=args.device, channels_last=args.channels_last,
-        sync_bn=args.sync_bn, seed=args.seed, checkpoint=args.out / "checkpoint.pt", resume=args.resume,
+        sync_bn=args.sync_bn, fsdp=args.fsdp, activation_checkpointing=args.activation_checkpointing,
+        compile=args.compile, seed=args.seed, checkpoint=args.out / ("checkpoint" if args.fsdp else "checkpoint.pt"),
+        resume=args.resume,
         progress=not args.quiet, num_workers=args.num_workers,
     )
     if rank == 0:

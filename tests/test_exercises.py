@@ -419,6 +419,19 @@ def test_ddp_gradient():
     fails(ex.check_ddp_gradient, lambda m, x, y, w: ddp_gradient(m, x, y, w)[:2], "returned list of length 2; return a list of 6 tensors")
 
 
+def fsdp_state_bytes(n_params, gpus):
+    return 16 * -(-n_params // gpus)
+
+
+def test_fsdp_state_bytes():
+    passes(ex.check_fsdp_state_bytes, fsdp_state_bytes)
+    fails(ex.check_fsdp_state_bytes, lambda n, g: 16 * n, "returned 5,004,384, expected 2,502,192", "under DDP")
+    fails(ex.check_fsdp_state_bytes, lambda n, g: 12 * -(-n // g), "you left out one of the three")
+    fails(ex.check_fsdp_state_bytes, lambda n, g: 4 * -(-n // g), "the weights alone")
+    fails(ex.check_fsdp_state_bytes, lambda n, g: 16 * (n // g), "(1,000, 3)", "round up")
+    fails(ex.check_fsdp_state_bytes, lambda n, g: "many", "returned a str; return a number")
+
+
 # chapter 6 ------------------------------------------------------------------
 
 

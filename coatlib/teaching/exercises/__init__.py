@@ -56,6 +56,7 @@ from coatlib.teaching.exercises.ch7_scaling import (
     check_channels_last_strides,
     check_ddp_gradient,
     check_round_to_bf16,
+    check_fsdp_state_bytes,
     check_shard_indices,
 )
 
@@ -89,4 +90,5 @@ __all__ = [
     "check_round_to_bf16",
     "check_shard_indices",
     "check_ddp_gradient",
+    "check_fsdp_state_bytes",
 ]

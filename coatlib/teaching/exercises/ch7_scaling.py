@@ -17,6 +17,7 @@ from coatlib.teaching.exercises._base import (
     _call,
     _check,
     _compare,
+    _compare_number,
     _name,
     _randn,
 )
@@ -164,3 +165,24 @@ def check_ddp_gradient(fn: Callable) -> None:
             ]
             axes = tuple(f"dim {d}" for d in range(want[i].ndim))
             _compare(got[i], want[i], f"{call}, gradient of {name}", axes, hints)
+
+
+@_check
+def check_fsdp_state_bytes(fn: Callable) -> None:
+    """``fn(n_params, gpus)``: the bytes of float32 weights, gradients and AdamW states (its two moving
+    averages) that one of ``gpus`` GPUs holds when FSDP shards a model of ``n_params`` parameters into
+    equal shards of ``ceil(n_params / gpus)`` parameters: 16 bytes per parameter of the shard, as
+    ``coatlib.memory.plan`` counts them (before the working set of gathered blocks)."""
+    for n, gpus in [(312_774, 2), (2_444_188_024, 8), (1_000, 3), (10, 4), (75_000_000, 1)]:
+        shard = math.ceil(n / gpus)
+        hints = [
+            (16 * n, "that is what every GPU holds under DDP, a whole copy; FSDP gives each GPU 1/gpus of it."),
+            (12 * shard, "you left out one of the three: weights 4, gradients 4 and AdamW's two states 8 "
+             "bytes per parameter."),
+            (8 * shard, "weights and gradients take 4 bytes each, and AdamW keeps two float32 moving averages "
+             "(8 bytes) besides."),
+            (4 * shard, "that is the weights alone; the gradients (4) and AdamW's two states (8) are sharded too."),
+            (16 * (n // gpus), f"round up: {n:,} parameters do not split evenly over {gpus} GPUs, and the shards "
+             f"are equal (the last one padded), ceil(n_params / gpus)."),
+        ]
+        _compare_number(_call(fn, n, gpus), 16 * shard, f"{_name(fn)}({n:,}, {gpus})", hints)
