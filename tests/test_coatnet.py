@@ -179,8 +179,25 @@ def test_drop_path_off_by_default_and_active_when_asked():
 
 
 def test_post_softmax_option_reaches_every_block():
-    m = coatlib.create_model("coatnet_pico", image_size=64, softmax="post")
-    assert {b.attn.softmax for b in all_blocks(m) if kind(b) == "T"} == {"post"}
+    """Post-softmax weights are softmax + bias: their rows no longer sum to one, in every block."""
+    torch.manual_seed(0)
+    pre = coatlib.create_model("coatnet_pico", image_size=128)
+    post = coatlib.create_model("coatnet_pico", image_size=128, softmax="post")
+    post.load_state_dict(pre.state_dict())
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert not torch.allclose(pre(x), post(x), atol=1e-6)
+        inputs = {}
+        hooks = [b.attn.register_forward_pre_hook(lambda m, i: inputs.__setitem__(m, i[0]))
+                 for b in all_blocks(post) if kind(b) == "T"]
+        post(x)
+        for h in hooks:
+            h.remove()
+        for attn, a in inputs.items():
+            attn.relative_bias_table.normal_()
+            rows = attn.attention_weights(a).sum(-1)
+            assert (rows - 1).abs().max() > 1e-2
+    assert len(inputs) == 3
 
 
 def test_autocast_bf16_cpu_has_no_nan():
