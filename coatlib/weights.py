@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import socket
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -457,22 +459,38 @@ def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
     local = f"download https://huggingface.co/{hub_id}/resolve/main/model.safetensors and pass " \
             f"create_model({name!r}, checkpoint_path='model.safetensors')"
     try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import HfHubHTTPError
+        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
         from safetensors.torch import load_file  # noqa: F401 (read_checkpoint needs it)
     except ImportError:
         raise ImportError(
             f"pretrained=True downloads timm's weights with huggingface_hub and safetensors, which are not "
             f"installed: {INSTALL_HINT} (and be online), or {local}"
         ) from None
+    offline = ConnectionError(
+        f"pretrained=True needs the network ({INSTALL_HINT} is there) and could not download {hub_id} from the "
+        f"Hugging Face Hub: connect and retry, or {local}"
+    )
+    try:  # a copy downloaded before, in huggingface_hub's cache
+        return read_checkpoint(hf_hub_download(hub_id, "model.safetensors", local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    if constants.is_offline_mode() or not hub_reachable(constants.ENDPOINT):
+        raise offline  # at once: huggingface_hub itself would retry for half a minute
     try:
-        path = hf_hub_download(repo_id=hub_id, filename="model.safetensors")
-    except (OSError, HfHubHTTPError) as e:
-        raise ConnectionError(
-            f"could not download {hub_id} from the Hugging Face Hub ({type(e).__name__}: no network?): "
-            f"connect and retry, or {local}"
-        ) from None
-    return read_checkpoint(path)
+        return read_checkpoint(hf_hub_download(hub_id, "model.safetensors"))
+    except (OSError, HfHubHTTPError):
+        raise offline from None
+
+
+def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub's host (``https://huggingface.co``) opens within ``timeout`` s."""
+    url = urllib.parse.urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
