@@ -88,9 +88,10 @@ def test_weights_for_another_resolution_load_with_resized_tables(timm):
 def no_hub(monkeypatch, tmp_path):
     """huggingface_hub offline, with an empty cache: no test can reach the network."""
     hub = pytest.importorskip("huggingface_hub")
+    constants = pytest.importorskip("huggingface_hub.constants")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     return hub
 
 
@@ -109,7 +110,7 @@ def test_pretrained_offline_fails_at_once(no_hub):
 
 def test_pretrained_without_network_fails_at_once(no_hub, monkeypatch):
     """Not in offline mode, but the Hub's host cannot be reached: no half minute of retries."""
-    monkeypatch.setattr(no_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(sys.modules["huggingface_hub.constants"], "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(weights, "hub_reachable", lambda endpoint: False)
     with pytest.raises(ConnectionError, match="could not download timm/coatnet_0_rw_224.sw_in1k"):
         coatlib.create_model("coatnet_0_rw", pretrained=True)
