@@ -304,10 +304,7 @@ def _timm_mapping(model: nn.Module):
         outside, tables = TIMM_OUTSIDE_BLOCKS, {TransformerBlock: TIMM_TRANSFORMER, MBConv: TIMM_MBCONV}
     else:
         got = f"{type(model).__name__}" + (f" with layout {model.layout!r}" if isinstance(model, CoAtNet) else "")
-        raise TypeError(
-            f"load_timm_weights loads timm's C-C-T-T CoAtNets into a coatlib CoAtNet (coatnet_N or coatnet_*_rw), "
-            f"got {got}"
-        )
+        raise TypeError(f"load_timm_weights loads timm's C-C-T-T CoAtNets into a coatlib CoAtNet, got {got}")
 
     def rename(key: str) -> str:
         key = key.replace(".rel_pos.relative_position_bias_table", ".relative_bias_table")
