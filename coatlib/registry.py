@@ -44,12 +44,25 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def create_model(
-    name: str, num_classes: int = 1000, image_size: int | tuple[int, int] = 224, in_chans: int = 3, **overrides
+    name: str,
+    num_classes: int | None = None,
+    image_size: int | tuple[int, int] = 224,
+    in_chans: int = 3,
+    pretrained: bool = False,
+    checkpoint_path: str | None = None,
+    **overrides,
 ) -> nn.Module:
     """Build a registered model.
 
     ``overrides`` reach the family's constructor (e.g. ``layout="C-T-T-T"`` for
-    CoAtNet, ``drop_path_rate=0.1``).
+    CoAtNet, ``drop_path_rate=0.1``). ``num_classes`` defaults to 1000, or to the
+    classes of the pretrained weights.
+
+    ``pretrained=True`` loads timm's ImageNet weights (the rw CoAtNets, e.g.
+    ``coatnet_0_rw``), downloaded with the optional extra ``pip install
+    'coatlib[pretrained]'``; offline it fails at once. ``checkpoint_path`` loads a
+    local file instead: a coatlib state dict, or timm's ``model.safetensors``.
+    Both go through :mod:`coatlib.weights`; tables made for another image size are resized.
     """
     _load_families()
     if name not in _REGISTRY:
@@ -58,6 +71,20 @@ def create_model(
         raise ValueError(
             f"unknown model {name!r}.{hint} coatlib.list_models() lists all {len(_REGISTRY)} models."
         )
+    if pretrained or checkpoint_path is not None:
+        from coatlib import weights
+
+        if pretrained and checkpoint_path is not None:
+            raise ValueError("pass pretrained=True (download) or checkpoint_path=... (a local file), not both")
+        state_dict = weights.pretrained_state_dict(name) if pretrained else None
+        if num_classes is None and name in weights.PRETRAINED:
+            num_classes = weights.PRETRAINED[name].num_classes
+        model = create_model(name, num_classes, image_size, in_chans, **overrides)
+        if state_dict is None:
+            return weights.load_checkpoint(model, checkpoint_path)
+        return weights.load_timm_weights(model, state_dict)
+    if num_classes is None:
+        num_classes = 1000
     builder = _REGISTRY[name]
     try:
         return builder(num_classes=num_classes, image_size=image_size, in_chans=in_chans, **overrides)
@@ -65,7 +92,7 @@ def create_model(
         bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
         if bad is None:
             raise
-        valid = ["num_classes", "image_size", "in_chans", *_keywords(builder)]
+        valid = ["num_classes", "image_size", "in_chans", "pretrained", "checkpoint_path", *_keywords(builder)]
         close = difflib.get_close_matches(bad[1], valid, n=3, cutoff=0.6)
         hint = f" Did you mean {' or '.join(close)}?" if close else ""
         raise TypeError(

@@ -14,20 +14,28 @@ fits, so that::
     model = coatlib.load_torchvision_weights(coatlib.create_model("resnet50"), tv.state_dict())
 
 gives a coatlib ResNet-50 with the same ImageNet predictions.
-``load_timm_weights`` does the same for timm's CoAtNets. Nothing is downloaded here.
+``load_timm_weights`` does the same for timm's CoAtNets. Nothing is downloaded
+unless asked: ``pretrained_state_dict(name)`` (what ``create_model(name,
+pretrained=True)`` calls) fetches timm's trained rw CoAtNets from the Hugging
+Face Hub with the optional ``pretrained`` extra.
 """
 from __future__ import annotations
 
 import math
 import os
 import re
+import socket
+import urllib.parse
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
 
-from coatlib.blocks import FusedMBConv, InvertedResidual, TransformerBlock
+from coatlib.blocks import FusedMBConv, InvertedResidual, MBConv, TransformerBlock
 from coatlib.models.coatnet import CoAtNet
+from coatlib.models.coatnet_rw import RW_CONFIGS, RwCoAtNet, RwMBConv, RwTransformerBlock
 from coatlib.models.convnext import ConvNeXt
 from coatlib.models.efficientnet import EfficientNet
 from coatlib.models.mobilenet import MobileNetV2, MobileNetV3
@@ -219,30 +227,82 @@ TIMM_OUTSIDE_BLOCKS = {
     "head.pre_logits.fc": "pre_logits.0",
     "head.fc": "head",
 }
+# timm's rw CoAtNets (coatlib.models.coatnet_rw): the same stem names, their own blocks and head.
+TIMM_RW_MBCONV = {
+    "shortcut.expand": "shortcut.{proj}",
+    "pre_norm": "norm",  # BN (+ SiLU) ->
+    "conv1_1x1": "expand.0",  # [pool ->] 1x1 conv + BN + SiLU ->
+    "norm1": "expand.1",
+    "conv2_kxk": "dw",  # 3x3 depthwise conv ->
+    "se_early.fc1": "se.fc1",  # [SE ->] (rw-0, rw-1, bn_0)
+    "se_early.fc2": "se.fc2",
+    "norm2": "dw_norm.0",  # BN + SiLU ->
+    "se.fc1": "se.fc1",  # [SE ->] (nano, rw-2, rw-3)
+    "se.fc2": "se.fc2",
+    "conv3_1x1": "project",  # 1x1 conv
+}
+TIMM_RW_TRANSFORMER = {
+    **TIMM_TRANSFORMER,
+    "ls1": "ls1",  # layer scale (rw-3)
+    "ls2": "ls2",
+}
+TIMM_RW_OUTSIDE_BLOCKS = {
+    "stem.conv1": "stem.0.0",
+    "stem.norm1": "stem.0.1",
+    "stem.conv2": "stem.1",
+    "norm": "norm",  # head: LN (bn_0: BN) on the map -> pool -> Linear
+    "head.fc": "head",
+}
 
 
 def load_timm_weights(
-    model: CoAtNet, state_dict: Mapping[str, torch.Tensor] | nn.Module | str | os.PathLike
-) -> CoAtNet:
-    """Load a timm ``coatnet_N_224`` state dict (N = 0..5) into the matching coatlib CoAtNet.
+    model: CoAtNet | RwCoAtNet, state_dict: Mapping[str, torch.Tensor] | nn.Module | str | os.PathLike
+) -> CoAtNet | RwCoAtNet:
+    """Load a timm CoAtNet state dict into the matching coatlib model.
 
-    timm's paper configurations differ from coatlib's defaults in four choices,
-    so build the model as timm does::
+    **timm's trained rw models** (``coatnet_nano_rw_224``, ``coatnet_0_rw_224``, ...,
+    ``coatnet_3_rw_224``) load into the coatlib model of the same name without
+    ``_224``::
+
+        model = coatlib.create_model("coatnet_0_rw")
+        coatlib.load_timm_weights(model, timm.create_model("coatnet_0_rw_224").state_dict())
+
+    (``coatlib.create_model("coatnet_0_rw", pretrained=True)`` downloads and loads them.)
+
+    **timm's paper configurations** ``coatnet_N_224`` (N = 0..5) differ from
+    coatlib's defaults in four choices, so build the model as timm does::
 
         model = coatlib.create_model("coatnet_0", downsample="dw", pool="avg", se_act="silu", norm_eps=1e-6)
         coatlib.load_timm_weights(model, timm.create_model("coatnet_0_224").state_dict())
 
     (``coatnet_5``: also ``head_dim=32``; timm uses 32 where the paper uses 64.)
     The stage and block numbers are the same (``stages.2.blocks.3``); inside a
-    block the names differ (``TIMM_MBCONV``, ``TIMM_TRANSFORMER``), and two
+    block the names differ (``TIMM_MBCONV``, ``TIMM_TRANSFORMER``, ``TIMM_RW_*``), and two
     layouts: timm's Transformer blocks use 1x1 convs where coatlib uses
     ``nn.Linear`` for q, k, v, the output projection and the FFN (the same
     numbers with a trailing ``1 x 1``) and order the q, k, v rows ``(heads, 3, d)`` where
     coatlib has ``(3, heads, d)``; timm stores a bias table as
     ``((2H-1)(2W-1), heads)``, coatlib as ``(heads, 2H-1, 2W-1)``. Every tensor
-    must fit; tables made for another image size are resized. Returns ``model``.
+    must fit; tables made for another image size are resized. A state dict of
+    another variant is refused with a ``ValueError`` that names the variant it
+    looks like. ``state_dict`` may also be a file (``.safetensors``, or a
+    ``torch.save`` file read with ``weights_only=True``). Returns ``model``.
     """
-    if not isinstance(model, CoAtNet) or model.layout != "C-C-T-T":
+    state_dict = _as_state_dict(state_dict)
+    rename, convert = _timm_mapping(model)
+    try:
+        return _load(model, state_dict, rename, convert, "timm")
+    except ValueError as e:
+        raise ValueError(f"{e}. {_closest_variant_hint(state_dict)}") from None
+
+
+def _timm_mapping(model: nn.Module):
+    """``(rename, convert)`` from timm's names and layouts to ``model``'s (see ``load_timm_weights``)."""
+    if isinstance(model, RwCoAtNet):
+        outside, tables = TIMM_RW_OUTSIDE_BLOCKS, {RwTransformerBlock: TIMM_RW_TRANSFORMER, RwMBConv: TIMM_RW_MBCONV}
+    elif isinstance(model, CoAtNet) and model.layout == "C-C-T-T":
+        outside, tables = TIMM_OUTSIDE_BLOCKS, {TransformerBlock: TIMM_TRANSFORMER, MBConv: TIMM_MBCONV}
+    else:
         got = f"{type(model).__name__}" + (f" with layout {model.layout!r}" if isinstance(model, CoAtNet) else "")
         raise TypeError(f"load_timm_weights loads timm's C-C-T-T CoAtNets into a coatlib CoAtNet, got {got}")
 
@@ -251,13 +311,13 @@ def load_timm_weights(
         in_block = re.match(r"(stages\.\d+\.blocks\.\d+)\.(.+)\.(\w+)$", key)
         if in_block is None:
             module, param = key.rsplit(".", 1)
-            return f"{TIMM_OUTSIDE_BLOCKS.get(module, module)}.{param}"
+            return f"{outside.get(module, module)}.{param}"
         prefix, module, param = in_block.groups()
         try:
             block = model.get_submodule(prefix)
         except AttributeError:
             return key  # no such block: reported as not fitting
-        table = TIMM_TRANSFORMER if isinstance(block, TransformerBlock) else TIMM_MBCONV
+        table = tables.get(type(block), {})
         if module not in table:
             return key
         return f"{prefix}.{table[module].format(proj=len(block.shortcut) - 1)}.{param}"
@@ -272,7 +332,60 @@ def load_timm_weights(
             return value.flatten(1)
         return value
 
-    return _load(model, _as_state_dict(state_dict), rename, convert, "timm")
+    return rename, convert
+
+
+# The timm CoAtNets coatlib can load: the rw models by name, and timm's paper configurations
+# coatnet_N_224 built with timm's choices (see load_timm_weights).
+TIMM_PAPER_OPTIONS = dict(downsample="dw", pool="avg", se_act="silu", norm_eps=1e-6)
+TIMM_PAPER_CONFIGS = ("coatnet_0", "coatnet_1", "coatnet_2", "coatnet_3", "coatnet_4", "coatnet_5")
+
+
+def timm_variants() -> dict[str, Callable[[], nn.Module]]:
+    """``{timm's name: a builder of the coatlib model its state dict loads into}``."""
+    from coatlib.registry import create_model
+
+    variants: dict[str, Callable[[], nn.Module]] = {
+        f"{name}_224": partial(create_model, name, num_classes=PRETRAINED[name].num_classes) for name in RW_CONFIGS
+    }
+    for name in TIMM_PAPER_CONFIGS:
+        head_dim = 32 if name == "coatnet_5" else None
+        variants[f"{name}_224"] = partial(create_model, name, head_dim=head_dim, **TIMM_PAPER_OPTIONS)
+    return variants
+
+
+def closest_timm_variant(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The timm CoAtNet whose tensors (names and sizes, tables aside) ``state_dict`` shares most of.
+
+    Every candidate is built on the meta device (no memory, no arithmetic) and scored by the
+    fraction of the state dict's tensors that its renaming puts on a tensor of the same size.
+    """
+    tensors = {k: v for k, v in state_dict.items() if not k.endswith(DERIVED)}
+    scores = {}
+    for timm_name, build in timm_variants().items():
+        with torch.device("meta"):
+            model = build()
+        rename, _ = _timm_mapping(model)
+        target = model.state_dict()
+        hits = sum(
+            1 for k, v in tensors.items()
+            if (t := target.get(rename(k))) is not None and (t.numel() == v.numel() or k.endswith("bias_table"))
+        )
+        scores[timm_name] = hits / max(len(tensors), len(target))
+    return max(scores, key=scores.get)
+
+
+def _closest_variant_hint(state_dict: Mapping[str, torch.Tensor]) -> str:
+    name = closest_timm_variant(state_dict)
+    if name.removesuffix("_224") in RW_CONFIGS:
+        build = f"coatlib.create_model({name.removesuffix('_224')!r})"
+    else:
+        build = f"coatlib.create_model({name.removesuffix('_224')!r}, {_kwargs(TIMM_PAPER_OPTIONS)})"
+    return f"The state dict looks like timm's {name}: load it into {build}"
+
+
+def _kwargs(options: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in options.items())
 
 
 def _table_shape(cells: int, target: tuple[int, int]) -> tuple[int, int]:
@@ -291,10 +404,112 @@ def _table_shape(cells: int, target: tuple[int, int]) -> tuple[int, int]:
 
 def _as_state_dict(state_dict: Mapping[str, torch.Tensor] | nn.Module | str | os.PathLike) -> Mapping:
     if isinstance(state_dict, (str, os.PathLike)):
-        return torch.load(state_dict, map_location="cpu", weights_only=True)
+        return read_checkpoint(state_dict)
     if isinstance(state_dict, nn.Module):
         return state_dict.state_dict()
     return state_dict
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """Where timm publishes a model's weights and how its images were prepared."""
+
+    hub_id: str  # the Hugging Face Hub repository (its file model.safetensors)
+    num_classes: int
+    mean: tuple[float, float, float]  # per-channel normalisation of the input, after scaling to [0, 1]
+    std: tuple[float, float, float]
+    crop_pct: float  # resize to image_size / crop_pct, then center-crop image_size
+    top1: float | None  # ImageNet-1k top-1 (%) at 224 px that timm published, None where it has none here
+
+
+# timm's trained rw CoAtNets (pretrained_cfg in timm/models/maxxvit.py). top1: the release notes of
+# timm's "v0.1-weights-maxx" weights, https://github.com/huggingface/pytorch-image-models/releases/tag/v0.1-weights-maxx;
+# coatnet_2_rw's (ImageNet-12k pre-training, ImageNet-1k fine-tuning) is on its model card; coatnet_3_rw's
+# weights have an ImageNet-12k head (11821 classes), so there is no ImageNet-1k accuracy.
+_HALF, _IMAGENET_MEAN, _IMAGENET_STD = (0.5, 0.5, 0.5), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+PRETRAINED: dict[str, PretrainedWeights] = {
+    "coatnet_nano_rw": PretrainedWeights("timm/coatnet_nano_rw_224.sw_in1k", 1000, _HALF, _HALF, 0.9, 81.7),
+    "coatnet_0_rw": PretrainedWeights("timm/coatnet_0_rw_224.sw_in1k", 1000, _HALF, _HALF, 0.95, 82.4),
+    "coatnet_1_rw": PretrainedWeights("timm/coatnet_1_rw_224.sw_in1k", 1000, _HALF, _HALF, 0.95, 83.6),
+    "coatnet_bn_0_rw": PretrainedWeights(
+        "timm/coatnet_bn_0_rw_224.sw_in1k", 1000, _IMAGENET_MEAN, _IMAGENET_STD, 0.95, 82.4
+    ),
+    "coatnet_2_rw": PretrainedWeights("timm/coatnet_2_rw_224.sw_in12k_ft_in1k", 1000, _HALF, _HALF, 0.95, None),
+    "coatnet_3_rw": PretrainedWeights("timm/coatnet_3_rw_224.sw_in12k", 11821, _HALF, _HALF, 0.95, None),
+}
+INSTALL_HINT = "pip install 'coatlib[pretrained]'"
+
+
+def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """timm's state dict of ``name`` (a key of ``PRETRAINED``), downloaded from the Hugging Face Hub
+    (cached by ``huggingface_hub``) and read with ``safetensors``: the ``pretrained`` extra.
+
+    Fails at once, with a one-line message saying what to do, when the extra is not installed
+    (``ImportError``) or the download is impossible, e.g. offline (``ConnectionError``).
+    """
+    if name not in PRETRAINED:
+        raise ValueError(
+            f"coatlib has no pretrained weights for {name!r}: the paper's authors never released CoAtNet "
+            f"weights; timm's trained CoAtNets are {', '.join(PRETRAINED)}"
+        )
+    hub_id = PRETRAINED[name].hub_id
+    local = f"download https://huggingface.co/{hub_id}/resolve/main/model.safetensors and pass " \
+            f"create_model({name!r}, checkpoint_path='model.safetensors')"
+    try:
+        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+        from safetensors.torch import load_file  # noqa: F401 (read_checkpoint needs it)
+    except ImportError:
+        raise ImportError(
+            f"pretrained=True downloads timm's weights with huggingface_hub and safetensors, which are not "
+            f"installed: {INSTALL_HINT} (and be online), or {local}"
+        ) from None
+    offline = ConnectionError(
+        f"pretrained=True needs the network ({INSTALL_HINT} is there) and could not download {hub_id} from the "
+        f"Hugging Face Hub: connect and retry, or {local}"
+    )
+    try:  # a copy downloaded before, in huggingface_hub's cache
+        return read_checkpoint(hf_hub_download(hub_id, "model.safetensors", local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    if constants.is_offline_mode() or not hub_reachable(constants.ENDPOINT):
+        raise offline  # at once: huggingface_hub itself would retry for half a minute
+    try:
+        return read_checkpoint(hf_hub_download(hub_id, "model.safetensors"))
+    except (OSError, HfHubHTTPError):
+        raise offline from None
+
+
+def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub's host (``https://huggingface.co``) opens within ``timeout`` s."""
+    url = urllib.parse.urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file, or of a ``torch.save`` file read with
+    ``weights_only=True`` (tensors and containers only: no code runs)."""
+    if str(path).endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ImportError(f"reading a .safetensors file needs safetensors: {INSTALL_HINT}") from None
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a local file into ``model``: a coatlib state dict (``torch.save(model.state_dict(), path)``)
+    or, for a CoAtNet, timm's (e.g. its ``model.safetensors``), converted by ``load_timm_weights``."""
+    state_dict = read_checkpoint(path)
+    if isinstance(model, (CoAtNet, RwCoAtNet)) and not set(state_dict) <= set(model.state_dict()):
+        return load_timm_weights(model, state_dict)
+    model.load_state_dict(state_dict)
+    return model
 
 
 def _load(

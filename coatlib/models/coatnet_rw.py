@@ -1,0 +1,304 @@
+"""timm's "rw" CoAtNets: the only CoAtNets with public ImageNet weights.
+
+The paper's authors never released CoAtNet weights. Ross Wightman trained six
+CoAtNets for timm (``coatnet_nano_rw_224.sw_in1k``, ``coatnet_0_rw_224.sw_in1k``,
+``coatnet_1_rw_224.sw_in1k``, ``coatnet_bn_0_rw_224.sw_in1k``,
+``coatnet_2_rw_224.sw_in12k_ft_in1k``, ``coatnet_3_rw_224.sw_in12k``) before the
+official code appeared, and they differ from the paper's CoAtNet
+(:mod:`coatlib.models.coatnet`) in the ways timm lists in the docstring of
+``_rw_coat_cfg`` (``timm/models/maxxvit.py``). This module builds them exactly
+as timm does, so that :func:`coatlib.weights.load_timm_weights` can load their
+weights; the paper's blocks stay as they are, and the differences live here.
+
+==========================  ================================  ================================  =====================================
+ part                        timm's rw models                  the paper                         why it matters
+==========================  ================================  ================================  =====================================
+ MBConv pre-norm             BN then SiLU (nano: BN only)      BN only (Eq. 5)                   the residual branch starts with a
+                                                                                                 non-linearity: another function
+ MBConv expansion            4 x *input* width                 4 x output width                  the first block of a stage is
+                                                                                                 narrower inside (S1 of rw-0: 256
+                                                                                                 channels, not 384)
+ MBConv activation           SiLU                              GELU                              another non-linearity everywhere in
+                                                                                                 S0..S2
+ squeeze-excitation          ReLU (0, 1, bn_0) or SiLU;        GELU (official code: SiLU);       the channel gate sees different
+                             squeezes to 1/4 of the            1/4 of the output width           features and has other sizes
+                             expanded width; in 0, 1, bn_0
+                             between the depthwise conv and
+                             its BatchNorm
+ MBConv down-sampling        2x2 average pool before the       stride 2 on the first 1x1 conv    where resolution is lost: pool
+                             1x1 conv (nano, 0) or stride 2    (Table 9: or on the depthwise     averages all pixels, a strided 1x1
+                             on the depthwise conv (others)    conv)                             conv drops 3 of 4
+ MBConv biases               no bias on the shortcut's 1x1     bias on both                      fewer parameters; an offset must come
+                             conv and the last 1x1 conv                                          from the BatchNorms instead
+                             (nano: both have one)
+ shortcut pooling            2x2 average                       2x2 max                           a smoother down-sampled residual
+ attention width             q, k, v at the *input* width;     q, k, v at the output width       in the first block of S3/S4 half the
+                             the output projection widens                                        heads (S3 of rw-0: 6 heads, not 12)
+ Transformer shortcut bias   none in 0, 1, bn_0                bias on Proj                      fewer parameters
+ Transformer norm            LayerNorm eps 1e-6;               LayerNorm                         bn_0 is all-BatchNorm, foldable into
+                             BatchNorm in bn_0                                                   the convs at inference
+ layer scale                 learned per-channel scale on      none                              rw-3's branches start near zero (1e-6)
+                             both branches (rw-3 only)
+ stem                        conv 3x3 s2 to D0/2, BN, SiLU,    two convs of width D0, GELU       a narrower, cheaper stem
+                             conv 3x3 to D0 (rw-0: 32, 64)
+ depth                       rw-0 and bn_0: S3 has 7 blocks    CoAtNet-0: 5                      rw-0 is CoAtNet-0 plus two blocks
+ head                        LayerNorm (bn_0: BatchNorm) on    pool, LayerNorm, D x D tanh       no pre-logits layer
+                             the map, pool, linear             pre-logits, linear
+==========================  ================================  ================================  =====================================
+
+``coatnet_nano_rw`` follows timm's MaxViT-style defaults (``_rw_max_cfg``):
+no activation after the pre-norm, SE after the depthwise BatchNorm with SiLU,
+and biases on the MBConv's 1x1 convs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from coatlib.attention import RelativeAttention, num_heads_for
+from coatlib.layers import (
+    ConvNormAct, DepthwiseConv, DropPath, LayerNorm2d, Layer, Mlp, SqueezeExcite, conv1x1, drop_path_rates,
+    init_weights, make_pool,
+)
+from coatlib.models.coatnet import CoAtNet, Stage, _grouped, check_coatnet_size
+from coatlib.registry import register_model
+
+
+@dataclass(frozen=True)
+class RwConfig:
+    """One of timm's ``model_cfgs`` for an rw CoAtNet (``timm/models/maxxvit.py``)."""
+
+    stem: tuple[int, int]  # widths of the stem's two convs
+    depths: tuple[int, int, int, int]  # blocks in S1..S4 (C-C-T-T)
+    widths: tuple[int, int, int, int]  # D of S1..S4
+    down: str = "dw"  # where an MBConv halves the map: "pool" (2x2 average pool first) or "dw" (stride 2)
+    pre_norm_act: bool = True  # SiLU after the MBConv's pre-norm BatchNorm
+    se_early: bool = True  # SE between the depthwise conv and its BatchNorm (else after its SiLU)
+    se_act: str = "relu"  # the activation inside SE
+    conv_bias: bool = False  # a bias on the MBConv's shortcut conv and last 1x1 conv
+    attn_shortcut_bias: bool = False  # a bias on the Transformer block's shortcut conv
+    attn_norm: str = "layernorm"  # the Transformer blocks' and the head's norm: "layernorm" or "batchnorm"
+    layer_scale: float | None = None  # initial value of the per-channel scale of each branch (None: none)
+    head_dim: int = 32
+
+
+RW_CONFIGS: dict[str, RwConfig] = {
+    "coatnet_nano_rw": RwConfig(
+        (32, 64), (3, 4, 6, 3), (64, 128, 256, 512), down="pool", pre_norm_act=False, se_early=False,
+        se_act="silu", conv_bias=True, attn_shortcut_bias=True,
+    ),
+    "coatnet_0_rw": RwConfig((32, 64), (2, 3, 7, 2), (96, 192, 384, 768), down="pool"),
+    "coatnet_1_rw": RwConfig((32, 64), (2, 6, 14, 2), (96, 192, 384, 768)),
+    "coatnet_bn_0_rw": RwConfig((32, 64), (2, 3, 7, 2), (96, 192, 384, 768), attn_norm="batchnorm"),
+    "coatnet_2_rw": RwConfig(
+        (64, 128), (2, 6, 14, 2), (128, 256, 512, 1024), se_early=False, se_act="silu", attn_shortcut_bias=True
+    ),
+    "coatnet_3_rw": RwConfig(
+        (96, 192), (2, 6, 14, 2), (192, 384, 768, 1536), se_early=False, se_act="silu", attn_shortcut_bias=True,
+        layer_scale=1e-6,
+    ),
+}
+
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU}
+
+
+def shortcut(in_chs: int, out_chs: int, stride: int, bias: bool) -> nn.Sequential:
+    """``Proj(Pool(x))`` with a 2x2 average pool and a 1x1 conv with or without bias; either is
+    left out when not needed (the paper's :class:`~coatlib.layers.Downsample`, timm's choices)."""
+    layers: list[nn.Module] = []
+    if stride != 1:
+        layers.append(make_pool("avg", stride))
+    if in_chs != out_chs:
+        layers.append(conv1x1(in_chs, out_chs, bias=bias))
+    return nn.Sequential(*layers)
+
+
+class RwMBConv(nn.Module):
+    """timm's rw MBConv (``MbConvBlock``), pre-norm:
+
+    ``x <- Proj(Pool(x)) + Conv1x1(SE(Act(BN(DepthConv(Conv1x1(Down(Act(BN(x)))))))))``
+
+    with the SE before or after the depthwise conv's BatchNorm (``se_early``).
+    The 1x1 conv expands to ``4 x in_chs`` (the paper: ``4 x out_chs``); SE
+    squeezes to a quarter of that; the activation is SiLU. A down-sampling block
+    pools 2x2 before the first 1x1 conv (``down="pool"``) or strides its
+    depthwise conv (``"dw"``).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, config: RwConfig, stride: int = 1, drop_path: float = 0.0):
+        super().__init__()
+        mid_chs = 4 * in_chs
+        pool_first = config.down == "pool" and stride != 1
+        self.shortcut = shortcut(in_chs, out_chs, stride, config.conv_bias)
+        self.norm = nn.BatchNorm2d(in_chs)
+        self.norm_act = nn.SiLU() if config.pre_norm_act else nn.Identity()
+        self.down = make_pool("avg", stride) if pool_first else nn.Identity()
+        self.expand = ConvNormAct(in_chs, mid_chs, 1, act_layer=nn.SiLU)
+        self.dw = DepthwiseConv(mid_chs, 3, 1 if pool_first else stride)
+        self.se_early = config.se_early
+        self.se = SqueezeExcite(mid_chs, mid_chs // 4, ACTIVATIONS[config.se_act])
+        self.dw_norm = nn.Sequential(nn.BatchNorm2d(mid_chs), nn.SiLU())
+        self.project = conv1x1(mid_chs, out_chs, bias=config.conv_bias)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W)
+        out = self.norm_act(self.norm(x))  # pre-norm, with SiLU in timm's rw models
+        out = self.down(out)  # 2x2 average pool ("pool" down-sampling)
+        out = self.expand(out)  # 1x1 conv + BN + SiLU: (B, 4 C_in, H/s, W/s)
+        out = self.dw(out)  # 3x3 depthwise conv (stride 2 with "dw" down-sampling)
+        if self.se_early:
+            out = self.se(out)
+        out = self.dw_norm(out)
+        if not self.se_early:
+            out = self.se(out)
+        out = self.project(out)  # 1x1 conv: (B, C_out, H/s, W/s)
+        return self.shortcut(x) + self.drop_path(out)
+
+
+class RwRelativeAttention(RelativeAttention):
+    """Relative attention (Eq. 3) at the *input* width: ``dim / head_dim`` heads, and the output
+    projection maps ``dim -> dim_out`` (timm's ``expand_first=False``; the paper computes q, k, v
+    at the output width)."""
+
+    def __init__(self, dim: int, dim_out: int, head_dim: int, map_size: tuple[int, int]):
+        super().__init__(dim, dim, head_dim, map_size)
+        self.proj = nn.Linear(dim, dim_out)
+
+
+class LayerScale2d(nn.Module):
+    """A learned scale per channel, ``x * gamma`` (Touvron et al. 2021, CaiT), starting at ``init``."""
+
+    def __init__(self, channels: int, init: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((channels,), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma.view(1, -1, 1, 1)
+
+
+class RwTransformerBlock(nn.Module):
+    """timm's rw Transformer block (``TransformerBlock2d``), pre-norm:
+
+    ``x <- Proj(Pool(x)) + LS(Attention(Pool(Norm(x))))``   (Eq. 4, attention at the input width)
+    ``x <- x + LS(FFN(Norm(x)))``
+
+    Pool is a 2x2 average; Norm a LayerNorm with eps 1e-6 (BatchNorm in bn_0);
+    LS the layer scale of rw-3 (identity elsewhere).
+    """
+
+    def __init__(
+        self, in_dim: int, out_dim: int, map_size: tuple[int, int], config: RwConfig, stride: int = 1,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        norm: Layer = nn.BatchNorm2d if config.attn_norm == "batchnorm" else LayerNorm2d
+        scale = (lambda: LayerScale2d(out_dim, config.layer_scale)) if config.layer_scale else nn.Identity
+        self.shortcut = shortcut(in_dim, out_dim, stride, config.attn_shortcut_bias)
+        self.norm1 = norm(in_dim, eps=1e-6)
+        self.pool = make_pool("avg", stride) if stride != 1 else nn.Identity()
+        self.attn = RwRelativeAttention(in_dim, out_dim, config.head_dim, map_size)
+        self.ls1 = scale()
+        self.norm2 = norm(out_dim, eps=1e-6)
+        self.ffn = Mlp(out_dim, 4 * out_dim, channels_first=True)
+        self.ls2 = scale()
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H/s, W/s)
+        x = self.shortcut(x) + self.drop_path(self.ls1(self.attn(self.pool(self.norm1(x)))))
+        x = x + self.drop_path(self.ls2(self.ffn(self.norm2(x))))
+        return x
+
+
+class RwCoAtNet(nn.Module):
+    """A timm rw CoAtNet: stem S0, stages S1..S4 (C-C-T-T) of :class:`RwMBConv` and
+    :class:`RwTransformerBlock`, then a norm on the last map, global average pooling and a
+    linear classifier. ``model.stem``, ``model.stages[i].blocks`` and the relative-attention
+    modules are laid out as in the paper's :class:`~coatlib.models.coatnet.CoAtNet`.
+    """
+
+    layout = "C-C-T-T"
+
+    def __init__(
+        self,
+        config: RwConfig,
+        num_classes: int = 1000,
+        image_size: int | tuple[int, int] = 224,
+        in_chans: int = 3,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        self.config, self.in_chans = config, in_chans
+        self.image_size = check_coatnet_size(image_size, self.layout)
+        H, W = self.image_size
+        self.stem = nn.Sequential(  # S0: conv3x3 s2 + BN + SiLU, conv3x3
+            ConvNormAct(in_chans, config.stem[0], 3, 2, act_layer=nn.SiLU),
+            nn.Conv2d(config.stem[0], config.stem[1], 3, 1, padding=1, bias=False),
+        )
+        rates = iter(drop_path_rates(drop_path_rate, sum(config.depths)))
+        self.stages = nn.ModuleList()
+        c = config.stem[1]
+        for s, (depth, width) in enumerate(zip(config.depths, config.widths)):
+            size = (H // 2 ** (s + 2), W // 2 ** (s + 2))
+            blocks = []
+            for i in range(depth):
+                stride = 2 if i == 0 else 1
+                if s < 2:
+                    blocks.append(RwMBConv(c, width, config, stride, next(rates)))
+                else:
+                    num_heads_for(c, config.head_dim)
+                    blocks.append(RwTransformerBlock(c, width, size, config, stride, next(rates)))
+                c = width
+            self.stages.append(Stage(f"S{s + 1}", blocks))
+        self.num_features = c
+        self.norm = nn.BatchNorm2d(c, eps=1e-6) if config.attn_norm == "batchnorm" else LayerNorm2d(c, eps=1e-6)
+        self.head = nn.Linear(c, num_classes)
+        init_weights(self)
+        self.to(memory_format=torch.channels_last)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` -> the last feature map ``(B, D, H/32, W/32)``, before the head's norm."""
+        self._check_input(x)
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.forward_features(x))  # the norm acts on every position of the map
+        return self.head(x.mean((2, 3)))  # global average pooling, then the classifier
+
+    # Shared with the paper's CoAtNet: the input check and resizing the bias tables for another image size.
+    _check_input = CoAtNet._check_input
+    set_image_size = CoAtNet.set_image_size
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``; with ``strict=True`` a state dict of another model is refused
+        with its missing and unexpected keys grouped by stage, as the paper's CoAtNet does."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        if strict and (result.missing_keys or result.unexpected_keys):
+            raise RuntimeError(
+                f"this state dict does not fit {type(self).__name__} {self.config_name()}:\n"
+                + _grouped("missing", result.missing_keys) + _grouped("unexpected", result.unexpected_keys)
+                + "is it from another model? Build the model it was saved from (create_model(name, ...)), "
+                "or pass strict=False to load only the matching keys."
+            )
+        return result
+
+    def config_name(self) -> str:
+        return next((f"{n!r}" for n, c in RW_CONFIGS.items() if c == self.config), repr(self.config))
+
+
+def _builder(name: str):
+    def build(**kwargs) -> RwCoAtNet:
+        return RwCoAtNet(RW_CONFIGS[name], **kwargs)
+
+    build.__name__ = name
+    build.__doc__ = f"timm's {name}_224 (weights: coatlib.weights.PRETRAINED[{name!r}]): {RW_CONFIGS[name]}"
+    build.__annotations__ = {"return": RwCoAtNet}  # create_model reads the accepted keywords from it
+    return build
+
+
+for _name in RW_CONFIGS:
+    register_model(_builder(_name))
