@@ -6,14 +6,15 @@ done by ``view`` / ``permute`` / ``reshape`` by hand.
 
 Prints the median over rounds of the paired times (``paired_speedup``): 1.00 means no cost.
 """
+
 from __future__ import annotations
 
 import argparse
 
 import torch
+from throughput import paired_speedup, timed_rounds
 
 from coatlib.attention import RelativeAttention
-from throughput import paired_speedup, timed_rounds
 
 
 class ByHand(RelativeAttention):

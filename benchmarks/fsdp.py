@@ -9,6 +9,7 @@ alternating order (``timed_rounds``); the ratio FSDP / DDP is the median of the
 per-round ratios (``paired_speedup``). Process 0 prints the result and, with
 ``--out``, writes it as JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from throughput import paired_speedup, timed_rounds
 
 import coatlib
 from coatlib.train import _distribute, init_distributed, versions
-from throughput import paired_speedup, timed_rounds
 
 
 def training_step(net, batch: int, image_size: int):
@@ -59,7 +60,7 @@ def main() -> None:
     times = timed_rounds(steps, args.rounds)
     result = {
         "command": f"torchrun --standalone --nproc_per_node={world} benchmarks/fsdp.py --model {args.model} "
-                   f"--batch {args.batch} --image-size {args.image_size} --rounds {args.rounds}",
+        f"--batch {args.batch} --image-size {args.image_size} --rounds {args.rounds}",
         "processes": world,
         "threads_per_process": torch.get_num_threads(),
         "median_step_s": {"DDP": statistics.median(times[0]), "FSDP": statistics.median(times[1])},
@@ -67,10 +68,12 @@ def main() -> None:
         "versions": versions(),
     }
     if rank == 0:
-        print(f"{args.model}, {world} processes x batch {args.batch} at {args.image_size}x{args.image_size}, "
-              f"{args.rounds} rounds: median step DDP {result['median_step_s']['DDP'] * 1000:.0f} ms, "
-              f"FSDP {result['median_step_s']['FSDP'] * 1000:.0f} ms; FSDP / DDP (median of paired ratios) "
-              f"{result['fsdp_over_ddp']:.2f}")
+        print(
+            f"{args.model}, {world} processes x batch {args.batch} at {args.image_size}x{args.image_size}, "
+            f"{args.rounds} rounds: median step DDP {result['median_step_s']['DDP'] * 1000:.0f} ms, "
+            f"FSDP {result['median_step_s']['FSDP'] * 1000:.0f} ms; FSDP / DDP (median of paired ratios) "
+            f"{result['fsdp_over_ddp']:.2f}"
+        )
         if args.out is not None:
             args.out.write_text(json.dumps(result, indent=1) + "\n")
     dist.destroy_process_group()

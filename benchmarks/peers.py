@@ -6,6 +6,7 @@ C++ ops that are absent. Model definitions do not need those ops: after a
 normal import fails, an empty stand-in module for it makes the import work.
 Use only in tests and benchmarks.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -13,6 +13,7 @@ large matmul measured in the same run.
 Images/s are from each model's best round; the speed-ups are medians of the
 per-round ratios (``paired_speedup``), which hold up when the load changes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,9 @@ import statistics
 import time
 
 import torch
+from peers import import_peer
 
 import coatlib
-from peers import import_peer
 
 
 def timed_rounds(fns: list, rounds: int, warmup: int = 2) -> list[list[float]]:
@@ -114,8 +115,10 @@ def main() -> None:
         models.insert(0, ("timm coatnet_0_224", timm.create_model("coatnet_0_224"), True))
 
     peak = matmul_gflops(args.device)
-    print(f"device: {args.device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
-          f"torch {torch.__version__}, batch {args.batch}, 224x224, {'bf16 autocast' if args.amp else 'fp32'}")
+    print(
+        f"device: {args.device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
+        f"torch {torch.__version__}, batch {args.batch}, 224x224, {'bf16 autocast' if args.amp else 'fp32'}"
+    )
     print(f"2048x2048 matmul: {peak:.0f} GFLOP/s\n")
     print("| model | params | GMACs | infer img/s | train img/s | infer GFLOP/s (% of matmul) |")
     print("|---|---|---|---|---|---|")

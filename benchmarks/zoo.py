@@ -23,21 +23,26 @@ The peer GMACs of torchvision's ViTs miss the attention matmuls: their fused
 ``--models`` takes comma-separated glob patterns (``"resnet*,swin_t"``);
 ``--quick`` runs only the smallest model of each family with fewer rounds.
 """
+
 from __future__ import annotations
 
 import argparse
 import fnmatch
 
 import torch
-
-import coatlib
 from peers import import_peer
 from throughput import paired_speedup, timed_rounds
+
+import coatlib
 
 FAMILIES = ("resnet", "mobilenet", "efficientnet", "vit", "swin", "convnext")
 QUICK = ["resnet18", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "efficientnet_v2_s",
          "vit_ti_16", "swin_t", "convnext_tiny"]  # fmt: skip
-TIMM_NAMES = {"mobilenet_v1": "mobilenetv1_100", "vit_ti_16": "vit_tiny_patch16_224", "vit_s_16": "vit_small_patch16_224"}
+TIMM_NAMES = {
+    "mobilenet_v1": "mobilenetv1_100",
+    "vit_ti_16": "vit_tiny_patch16_224",
+    "vit_s_16": "vit_small_patch16_224",
+}
 
 
 def zoo_models() -> list[str]:
@@ -88,14 +93,18 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, 224x224, fp32 inference, "
           f"best of {rounds} after {args.warmup} warm-up runs")  # fmt: skip
-    print("| model | params | GMACs | coatlib img/s | fused img/s | peer | peer params | peer GMACs | peer img/s "
-          "| plain | fused | logit diff |")
+    print(
+        "| model | params | GMACs | coatlib img/s | fused img/s | peer | peer params | peer GMACs | peer img/s "
+        "| plain | fused | logit diff |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     slow = []
     for name in names:
         model = coatlib.create_model(name).eval()
         label, peer = build_peer(name, torchvision, timm)
-        row = f"| {name} | {coatlib.flops.count_params(model) / 1e6:.2f}M | {coatlib.count_flops(model, 224) / 1e9:.2f} |"
+        row = (
+            f"| {name} | {coatlib.flops.count_params(model) / 1e6:.2f}M | {coatlib.count_flops(model, 224) / 1e9:.2f} |"
+        )
         if peer is None:
             times = inference_rounds([model, coatlib.fuse(model)], args.batch, rounds, args.warmup)
             print(f"{row} {args.batch / min(times[0]):.1f} | {args.batch / min(times[1]):.1f} | (none) | | | | | | |")

@@ -4,6 +4,7 @@
 optional additive bias; ViT and Swin use it. ``RelativeAttention`` adds the
 CoAtNet bias: one learnable scalar per head per 2-D offset ``i - j``.
 """
+
 from __future__ import annotations
 
 import torch

@@ -11,6 +11,7 @@ Every block maps a channels-first map ``(B, C_in, H, W)`` to ``(B, C_out, H/s, W
 CoAtNet stores its maps channels-last in memory (``torch.channels_last``), so the
 Transformer block's switch to tokens ``(B, H*W, C)`` is a view, not a copy.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,7 +19,15 @@ import torch.nn as nn
 
 from coatlib.attention import RelativeAttention
 from coatlib.layers import (
-    ConvNormAct, Downsample, DropPath, LayerNorm2d, Layer, Mlp, SqueezeExcite, conv1x1, make_pool,
+    ConvNormAct,
+    Downsample,
+    DropPath,
+    Layer,
+    LayerNorm2d,
+    Mlp,
+    SqueezeExcite,
+    conv1x1,
+    make_pool,
 )
 
 

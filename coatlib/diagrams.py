@@ -22,6 +22,7 @@ The diagrams:
 * :func:`swin_windows_figure`: Swin's regular windows, the shifted windows and
   the rolled map (chapter 6), from :func:`swin_window_labels`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,11 +45,11 @@ DPI = 120
 # Colours encode the kind of computation (with a legend), nothing else.
 COLOURS = {
     "input": "#eeeeee",
-    "conv": "#c6dbef",       # convolutions and the stem
-    "norm": "#f2f2f2",       # normalisation, pooling, activations
+    "conv": "#c6dbef",  # convolutions and the stem
+    "norm": "#f2f2f2",  # normalisation, pooling, activations
     "attention": "#fdd0a2",  # attention and its products
-    "position": "#c7e9c0",   # the relative bias: where position enters
-    "mlp": "#dadaeb",        # linear layers of the FFN and the head
+    "position": "#c7e9c0",  # the relative bias: where position enters
+    "mlp": "#dadaeb",  # linear layers of the FFN and the head
     "sum": "#ffffff",
 }
 KIND_COLOUR = {"stem": "conv", "MBConv": "conv", "TFMRel": "attention"}
@@ -118,31 +119,69 @@ def _new(figsize, xlim, ylim):
 def _box(ax, x, y, text, kind, gid, fontsize=9):
     """A rounded box centred at (x, y) holding ``text``: the text artist (its patch clips the arrows)."""
     return ax.text(
-        x, y, text, ha="center", va="center", fontsize=fontsize, gid=gid, zorder=3,
+        x,
+        y,
+        text,
+        ha="center",
+        va="center",
+        fontsize=fontsize,
+        gid=gid,
+        zorder=3,
         bbox=dict(boxstyle="round,pad=0.4", facecolor=COLOURS[kind], edgecolor="#444444", linewidth=1),
     )
 
 
 def _sum(ax, x, y, gid):
-    return ax.text(x, y, "+", ha="center", va="center", fontsize=13, gid=gid, zorder=3,
-                   bbox=dict(boxstyle="circle,pad=0.25", facecolor="white", edgecolor="#444444"))
+    return ax.text(
+        x,
+        y,
+        "+",
+        ha="center",
+        va="center",
+        fontsize=13,
+        gid=gid,
+        zorder=3,
+        bbox=dict(boxstyle="circle,pad=0.25", facecolor="white", edgecolor="#444444"),
+    )
 
 
 def _arrow(ax, a, b, colour="#333333", connectionstyle="arc3"):
     """An arrow from box ``a`` to box ``b`` (text artists from :func:`_box`), from edge to edge."""
-    ax.annotate("", xy=b.get_position(), xytext=a.get_position(), zorder=4,
-                arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.2, shrinkA=2, shrinkB=2,
-                                patchA=a.get_bbox_patch(), patchB=b.get_bbox_patch(),
-                                connectionstyle=connectionstyle))
+    ax.annotate(
+        "",
+        xy=b.get_position(),
+        xytext=a.get_position(),
+        zorder=4,
+        arrowprops=dict(
+            arrowstyle="-|>",
+            color=colour,
+            lw=1.2,
+            shrinkA=2,
+            shrinkB=2,
+            patchA=a.get_bbox_patch(),
+            patchB=b.get_bbox_patch(),
+            connectionstyle=connectionstyle,
+        ),
+    )
 
 
 def _legend(ax, kinds, loc="lower right"):
     from matplotlib.patches import Patch
 
-    names = {"conv": "convolution", "norm": "norm / pooling", "attention": "attention (content)",
-             "position": "relative bias (position)", "mlp": "linear / MLP", "input": "tensor"}
-    ax.legend(handles=[Patch(facecolor=COLOURS[k], edgecolor="#444444", label=names[k]) for k in kinds],
-              loc=loc, fontsize=8, frameon=False)
+    names = {
+        "conv": "convolution",
+        "norm": "norm / pooling",
+        "attention": "attention (content)",
+        "position": "relative bias (position)",
+        "mlp": "linear / MLP",
+        "input": "tensor",
+    }
+    ax.legend(
+        handles=[Patch(facecolor=COLOURS[k], edgecolor="#444444", label=names[k]) for k in kinds],
+        loc=loc,
+        fontsize=8,
+        frameon=False,
+    )
 
 
 # ---------------------------------------------------------------------------- the network
@@ -167,7 +206,11 @@ def network_diagram(config, image_size: int = 224, title: str | None = None):
         box = _box(ax, x, 0, text, KIND_COLOUR[row.kind], gid)
         _arrow(ax, previous, box)
         previous = box
-    _arrow(ax, previous, _box(ax, x + 2, 0, "head\navg pool, LayerNorm\npre-logits (tanh)\nlinear classifier", "mlp", "head"))
+    _arrow(
+        ax,
+        previous,
+        _box(ax, x + 2, 0, "head\navg pool, LayerNorm\npre-logits (tanh)\nlinear classifier", "mlp", "head"),
+    )
     ax.text(0, -1.35, "each stage's first block halves the map", fontsize=8, color="#555555")
     _legend(ax, ["input", "conv", "attention", "mlp"], loc="upper left")
     if title:
@@ -197,7 +240,9 @@ def mbconv_diagram(config, stage: int = 1, downsample: bool = True, image_size: 
     depthwise conv (``"dw"``, the paper's Table 9)."""
     config, cin, cout, size = _block_widths(config, stage, downsample, image_size)
     if stage > 2:
-        raise ValueError("MBConv stages are S1 and S2 (S3 of CoAtNet-6/7 opens with MBConv blocks too: use stage 2's form)")
+        raise ValueError(
+            "MBConv stages are S1 and S2 (S3 of CoAtNet-6/7 opens with MBConv blocks too: use stage 2's form)"
+        )
     if stride_on not in ("expand", "dw"):
         raise ValueError(f"stride_on must be 'expand' or 'dw', got {stride_on!r}")
     mid, se = 4 * cout, cout // 4
@@ -211,14 +256,27 @@ def mbconv_diagram(config, stage: int = 1, downsample: bool = True, image_size: 
         (f"Squeeze-excitation\navg pool, {mid} -> {se} -> {mid}, sigmoid", "conv"),
         (f"Conv 1x1: {mid} -> {cout}", "conv"),
     ]
-    shortcut = ([("MaxPool 2x2, stride 2", "norm"), (f"Proj: Conv 1x1, {cin} -> {cout}", "conv")]
-                if downsample else [("identity", "norm")])
-    title = (f"MBConv, first block of S{stage} (down-sampling)" if downsample else f"MBConv, S{stage} (stride 1)")
-    formula = ("x <- Proj(Pool(x)) + Conv(DepthConv(Conv(Norm(x), stride=2)))" if downsample and stride_on == "expand"
-               else "x <- Proj(Pool(x)) + Conv(DepthConv(Conv(Norm(x)), stride=2))" if downsample
-               else "x <- x + Conv(DepthConv(Conv(Norm(x))))")
-    return _residual_figure(f"x: {cin} x {in_size} x {in_size}", main, shortcut,
-                            f"{cout} x {size} x {size}", f"{title}\n{formula}", ["conv", "norm"])
+    shortcut = (
+        [("MaxPool 2x2, stride 2", "norm"), (f"Proj: Conv 1x1, {cin} -> {cout}", "conv")]
+        if downsample
+        else [("identity", "norm")]
+    )
+    title = f"MBConv, first block of S{stage} (down-sampling)" if downsample else f"MBConv, S{stage} (stride 1)"
+    formula = (
+        "x <- Proj(Pool(x)) + Conv(DepthConv(Conv(Norm(x), stride=2)))"
+        if downsample and stride_on == "expand"
+        else "x <- Proj(Pool(x)) + Conv(DepthConv(Conv(Norm(x)), stride=2))"
+        if downsample
+        else "x <- x + Conv(DepthConv(Conv(Norm(x))))"
+    )
+    return _residual_figure(
+        f"x: {cin} x {in_size} x {in_size}",
+        main,
+        shortcut,
+        f"{cout} x {size} x {size}",
+        f"{title}\n{formula}",
+        ["conv", "norm"],
+    )
 
 
 def transformer_diagram(config, stage: int = 3, downsample: bool = True, image_size: int = 224):
@@ -230,21 +288,43 @@ def transformer_diagram(config, stage: int = 3, downsample: bool = True, image_s
     if stage < 3:
         raise ValueError("Transformer stages are S3 and S4")
     if downsample and stage == 3 and config.s3_conv is not None:
-        raise ValueError("S3 of this configuration opens with MBConv blocks, which down-sample; its Transformer blocks do not")
+        raise ValueError(
+            "S3 of this configuration opens with MBConv blocks, which down-sample; its Transformer blocks do not"
+        )
     heads, in_size = cout // config.head_dim, (2 * size if downsample else size)
     table = f"{heads} x {2 * size - 1} x {2 * size - 1}"
-    attention = [("LayerNorm", "norm")] + ([("MaxPool 2x2, stride 2", "norm")] if downsample else []) + [
-        (f"Relative attention (Eq. 3, pre-softmax)\n{heads} heads x {config.head_dim}, on {size} x {size}\n"
-         f"bias tables {table}", "attention"),
-    ]
-    shortcut = ([("MaxPool 2x2, stride 2", "norm"), (f"Proj: Linear {cin} -> {cout}", "mlp")]
-                if downsample else [("identity", "norm")])
+    attention = (
+        [("LayerNorm", "norm")]
+        + ([("MaxPool 2x2, stride 2", "norm")] if downsample else [])
+        + [
+            (
+                f"Relative attention (Eq. 3, pre-softmax)\n{heads} heads x {config.head_dim}, on {size} x {size}\n"
+                f"bias tables {table}",
+                "attention",
+            ),
+        ]
+    )
+    shortcut = (
+        [("MaxPool 2x2, stride 2", "norm"), (f"Proj: Linear {cin} -> {cout}", "mlp")]
+        if downsample
+        else [("identity", "norm")]
+    )
     ffn = [("LayerNorm", "norm"), (f"FFN: Linear {cout} -> {4 * cout}\nGELU, Linear {4 * cout} -> {cout}", "mlp")]
-    title = (f"Transformer block, first of S{stage} (down-sampling)" if downsample else f"Transformer block, S{stage}")
-    formula = ("x <- Proj(Pool(x)) + Attention(Pool(LN(x)));  x <- x + FFN(LN(x))" if downsample
-               else "x <- x + Attention(LN(x));  x <- x + FFN(LN(x))")
-    return _residual_figure(f"x: {in_size} x {in_size} x {cin} (channels last)", attention, shortcut,
-                            f"{size} x {size} x {cout}", f"{title}\n{formula}", ["attention", "mlp", "norm"], second=ffn)
+    title = f"Transformer block, first of S{stage} (down-sampling)" if downsample else f"Transformer block, S{stage}"
+    formula = (
+        "x <- Proj(Pool(x)) + Attention(Pool(LN(x)));  x <- x + FFN(LN(x))"
+        if downsample
+        else "x <- x + Attention(LN(x));  x <- x + FFN(LN(x))"
+    )
+    return _residual_figure(
+        f"x: {in_size} x {in_size} x {cin} (channels last)",
+        attention,
+        shortcut,
+        f"{size} x {size} x {cout}",
+        f"{title}\n{formula}",
+        ["attention", "mlp", "norm"],
+        second=ffn,
+    )
 
 
 def _residual_figure(top, main, shortcut, bottom, title, kinds, second=None):
@@ -320,9 +400,17 @@ def relative_attention_diagram(config="coatnet_0", stage: int = 3, image_size: i
         _arrow(ax, qkv, logits)
         _arrow(ax, table_box, bias, colour="#238b45")
         if form == "pre":
-            order = [("+", "sum"), (f"softmax over the {n} keys", "attention"), (f"weights x v\n{heads} x {n} x {d}", "attention")]
+            order = [
+                ("+", "sum"),
+                (f"softmax over the {n} keys", "attention"),
+                (f"weights x v\n{heads} x {n} x {d}", "attention"),
+            ]
         else:
-            order = [(f"softmax over the {n} keys", "attention"), ("+", "sum"), (f"weights x v\n{heads} x {n} x {d}", "attention")]
+            order = [
+                (f"softmax over the {n} keys", "attention"),
+                ("+", "sum"),
+                (f"weights x v\n{heads} x {n} x {d}", "attention"),
+            ]
         y, previous = -2, logits
         for i, (text, kind) in enumerate(order):
             y -= 1.1
@@ -335,12 +423,16 @@ def relative_attention_diagram(config="coatnet_0", stage: int = 3, image_size: i
             previous = box
         y -= 1.1
         _arrow(ax, previous, _box(ax, 0, y, f"concatenate heads, Linear {width} -> {width}", "mlp", g + "proj"))
-        where = ("pre-softmax (CoAtNet): softmax(q k^T/sqrt(d) + bias)\nweights stay a normalised average"
-                 if form == "pre" else
-                 "post-softmax: softmax(q k^T/sqrt(d)) + bias\nattention plus a static kernel")
+        where = (
+            "pre-softmax (CoAtNet): softmax(q k^T/sqrt(d) + bias)\nweights stay a normalised average"
+            if form == "pre"
+            else "post-softmax: softmax(q k^T/sqrt(d)) + bias\nattention plus a static kernel"
+        )
         ax.set_title(where, fontsize=10)
     _legend(axes[1], ["attention", "position", "mlp", "input"], loc="lower right")
-    fig.suptitle(f"Relative attention in S{stage} of this configuration at {image_size} x {image_size} (Eq. 3)", fontsize=11)
+    fig.suptitle(
+        f"Relative attention in S{stage} of this configuration at {image_size} x {image_size} (Eq. 3)", fontsize=11
+    )
     return fig
 
 
@@ -394,7 +486,9 @@ def swin_windows_figure(height: int = 8, width: int = 8, window: int = 4, shift:
         for r in range(height):
             for c in range(width):
                 ax.text(c, r, int(values[r, c]), ha="center", va="center", fontsize=9)
-        borders = range(shift, max(height, width), window) if key == "shifted" else range(window, max(height, width), window)
+        borders = (
+            range(shift, max(height, width), window) if key == "shifted" else range(window, max(height, width), window)
+        )
         for b in borders:
             if b < height:
                 ax.axhline(b - 0.5, color="black", lw=3)

@@ -15,6 +15,7 @@ library versions)::
     python -m coatlib.experiments layouts --data same_different  # the capacity regime, small
     python -m coatlib.experiments layouts --full                 # bigger models and data, for a GPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,8 +96,15 @@ def layouts(
                 flush=True,
             )
     settings = {
-        "data": data, "train_images": len(train_data), "test_images": len(test_data), "size": size, "epochs": epochs,
-        "image_size": image_size, "batch_size": batch_size, "seed": seed, **fit_options,
+        "data": data,
+        "train_images": len(train_data),
+        "test_images": len(test_data),
+        "size": size,
+        "epochs": epochs,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "seed": seed,
+        **fit_options,
     }
     return {"experiment": "layouts", "settings": settings, "results": rows}
 

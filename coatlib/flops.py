@@ -1,4 +1,5 @@
 """Model summaries (torchinfo), compute counts (``torch.utils.flop_counter``) and measured time."""
+
 from __future__ import annotations
 
 import time

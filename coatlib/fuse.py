@@ -19,6 +19,7 @@ learn or update its statistics: train the original model and call ``fuse`` again
 For training speed use ``torch.compile(model)`` instead: it keeps the real
 computation and fuses kernels by itself.
 """
+
 from __future__ import annotations
 
 import copy
@@ -82,8 +83,17 @@ def fold_batchnorm(
             weight = weight * s[:, None, None, None]
             bias = bias * s + t
         folded = nn.Conv2d(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-            conv.groups, bias=True, padding_mode=conv.padding_mode, device=weight.device, dtype=weight.dtype,
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            bias=True,
+            padding_mode=conv.padding_mode,
+            device=weight.device,
+            dtype=weight.dtype,
         )
         folded.weight.copy_(weight)
         folded.bias.copy_(bias)
@@ -91,8 +101,10 @@ def fold_batchnorm(
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() else (
-        torch.contiguous_format
+    return (
+        torch.channels_last
+        if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+        else (torch.contiguous_format)
     )
 
 

@@ -13,6 +13,7 @@ Cell ``[dy + H - 1, dx + W - 1]`` of a table is the bias from a query to the key
 ``dy`` rows and ``dx`` columns *before* it (offset ``i - j``): a bright cell at
 ``dy = +1`` makes a head look one row up.
 """
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -66,8 +67,9 @@ def plot_bias_tables(tables: list[torch.Tensor], title: str = "", columns: int =
     per_row = min(columns, most)
     rows_per_block = -(-most // per_row)
     rows = rows_per_block * len(tables)
-    fig, axes = plt.subplots(rows, per_row, figsize=(1.1 * per_row, 1.1 * rows + 0.6), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        rows, per_row, figsize=(1.1 * per_row, 1.1 * rows + 0.6), squeeze=False, layout="constrained"
+    )
     limit = max(t.abs().max().item() for t in tables) or 1.0
     h, w = tables[0].shape[1:]
     extent = (-(w // 2) - 0.5, w // 2 + 0.5, h // 2 + 0.5, -(h // 2) - 0.5)  # dx to the right, dy down

@@ -6,6 +6,7 @@ feed-forward network of a Transformer, the two-conv stem S0 and stochastic
 depth. CoAtNet uses them in their pre-activation form; the zoo (MobileNet,
 EfficientNet, ...) uses the same modules in post-activation form.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -92,9 +93,7 @@ class SqueezeExcite(nn.Module):
     per-channel weight computed from the whole image.
     """
 
-    def __init__(
-        self, channels: int, rd_channels: int, act_layer: Layer = nn.GELU, gate_layer: Layer = nn.Sigmoid
-    ):
+    def __init__(self, channels: int, rd_channels: int, act_layer: Layer = nn.GELU, gate_layer: Layer = nn.Sigmoid):
         super().__init__()
         self.fc1 = nn.Conv2d(channels, rd_channels, 1)
         self.act = act_layer()
@@ -199,8 +198,10 @@ def check_image_size(image_size: int | tuple[int, int], min_size: int = 32, mult
     if H < min_size or W < min_size or H % multiple or W % multiple:
         rule = f">= {min_size}" + (f" and multiples of {multiple}" if multiple > 1 else "")
         fix = [f"{n} {nearest_multiples(max(v, min_size), multiple)}" for n, v in (("height", H), ("width", W))]
-        raise ValueError(f"image size {H}x{W} is not supported: height and width must be {rule}; nearest valid: "
-                         f"{', '.join(fix)} (e.g. 224 for both)")
+        raise ValueError(
+            f"image size {H}x{W} is not supported: height and width must be {rule}; nearest valid: "
+            f"{', '.join(fix)} (e.g. 224 for both)"
+        )
     return H, W
 
 

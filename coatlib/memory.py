@@ -33,6 +33,7 @@ Command line::
 
     python -m coatlib.memory coatnet_7 --image-size 512 --batch 4 --gpus 8 --gpu-memory 80
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,13 +93,15 @@ def activation_bytes(model: nn.Module, images: torch.Tensor) -> Activations:
         def hook(module, args):
             current[0] = index
             inputs[index] = sum(a.untyped_storage().nbytes() for a in args if isinstance(a, torch.Tensor))
+
         return hook
 
     def leave(module, args, output):
         current[0] = -1
 
-    handles = [h for i, b in enumerate(blocks) for h in (b.register_forward_pre_hook(enter(i)),
-                                                          b.register_forward_hook(leave))]
+    handles = [
+        h for i, b in enumerate(blocks) for h in (b.register_forward_pre_hook(enter(i)), b.register_forward_hook(leave))
+    ]
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             model(images)
@@ -129,8 +132,15 @@ class Plan:
         return self.total <= USABLE * self.gpu_memory * GiB
 
 
-def plan(name: str, image_size: int = 224, batch: int = 1, gpus: int = 1, gpu_memory: float = 80.0,
-         num_classes: int = 1000, **overrides) -> list[Plan]:
+def plan(
+    name: str,
+    image_size: int = 224,
+    batch: int = 1,
+    gpus: int = 1,
+    gpu_memory: float = 80.0,
+    num_classes: int = 1000,
+    **overrides,
+) -> list[Plan]:
     """The six plans (DDP, FSDP, FSDP+AC, each at fp32 and bf16) for training the registered model
     ``name`` on ``image_size`` images, ``batch`` images per GPU, ``gpus`` GPUs of ``gpu_memory`` GiB."""
     for label, value in (("batch", batch), ("gpus", gpus), ("image_size", image_size)):
@@ -155,10 +165,24 @@ def plan(name: str, image_size: int = 224, batch: int = 1, gpus: int = 1, gpu_me
         sharded = math.ceil(n / gpus)
         plans += [
             Plan("DDP", precision, 4 * n, 4 * n, 4 * ADAMW_STATES * n, acts.total, gpu_memory),
-            Plan("FSDP", precision, 4 * sharded + working_set, 4 * sharded, 4 * ADAMW_STATES * sharded, acts.total,
-                 gpu_memory),
-            Plan("FSDP+AC", precision, 4 * sharded + working_set, 4 * sharded, 4 * ADAMW_STATES * sharded,
-                 acts.checkpointed, gpu_memory),
+            Plan(
+                "FSDP",
+                precision,
+                4 * sharded + working_set,
+                4 * sharded,
+                4 * ADAMW_STATES * sharded,
+                acts.total,
+                gpu_memory,
+            ),
+            Plan(
+                "FSDP+AC",
+                precision,
+                4 * sharded + working_set,
+                4 * sharded,
+                4 * ADAMW_STATES * sharded,
+                acts.checkpointed,
+                gpu_memory,
+            ),
         ]
     return plans
 
@@ -188,11 +212,15 @@ def advice(name: str, plans: list[Plan], batch: int, gpus: int) -> str:
     per_image = best.activations / batch
     fitting_batch = math.floor((usable - state) / per_image) if usable > state else 0
     if fitting_batch >= 1:
-        lines.append(f"On {gpus} GPUs it fits with --batch {fitting_batch} per GPU (accumulate gradients over "
-                     f"{math.ceil(batch / fitting_batch)} steps to keep the batch), or with a smaller --image-size.")
+        lines.append(
+            f"On {gpus} GPUs it fits with --batch {fitting_batch} per GPU (accumulate gradients over "
+            f"{math.ceil(batch / fitting_batch)} steps to keep the batch), or with a smaller --image-size."
+        )
     else:
-        lines.append(f"On {gpus} GPU{'s' if gpus > 1 else ''} not even one image per GPU fits: use more GPUs, GPUs with more memory or "
-                     f"a smaller image size.")
+        lines.append(
+            f"On {gpus} GPU{'s' if gpus > 1 else ''} not even one image per GPU fits: use more GPUs, GPUs with more memory or "
+            f"a smaller image size."
+        )
     return " ".join(lines)
 
 
@@ -225,12 +253,15 @@ def measure(model: nn.Module, images: torch.Tensor) -> tuple[int, int]:
 
 def table(plans: list[Plan]) -> str:
     """The plans as a text table, GiB per GPU."""
-    rows = [f"{'strategy':8s} {'precision':9s} {'params':>8s} {'grads':>8s} {'AdamW':>8s} {'activ.':>8s} "
-            f"{'total':>8s}  fits"]
+    rows = [
+        f"{'strategy':8s} {'precision':9s} {'params':>8s} {'grads':>8s} {'AdamW':>8s} {'activ.':>8s} "
+        f"{'total':>8s}  fits"
+    ]
     for p in plans:
         gib = [v / GiB for v in (p.params, p.grads, p.optimizer, p.activations, p.total)]
-        rows.append(f"{p.strategy:8s} {p.precision:9s} " + " ".join(f"{v:8.2f}" for v in gib)
-                    + f"  {'yes' if p.fits else 'no'}")
+        rows.append(
+            f"{p.strategy:8s} {p.precision:9s} " + " ".join(f"{v:8.2f}" for v in gib) + f"  {'yes' if p.fits else 'no'}"
+        )
     return "\n".join(rows)
 
 
@@ -238,7 +269,7 @@ def main(argv: list[str] | None = None) -> list[Plan]:
     p = argparse.ArgumentParser(
         prog="python -m coatlib.memory",
         description="Memory per GPU of training a registered model with DDP, FSDP and FSDP with activation "
-                    "checkpointing, at fp32 and bf16 (counted on the meta device: nothing is computed).",
+        "checkpointing, at fp32 and bf16 (counted on the meta device: nothing is computed).",
     )
     p.add_argument("model", help="registered name, see coatlib.list_models()")
     p.add_argument("--image-size", type=int, default=224)
@@ -249,8 +280,10 @@ def main(argv: list[str] | None = None) -> list[Plan]:
     args = p.parse_args(argv)
     plans = plan(args.model, args.image_size, args.batch, args.gpus, args.gpu_memory, args.num_classes)
     gpus = f"{args.gpus} GPU{'s' if args.gpus > 1 else ''}"
-    print(f"{args.model}, {args.image_size}x{args.image_size}, batch {args.batch} per GPU, {gpus} of "
-          f"{args.gpu_memory:g} GiB (usable {USABLE:.0%}); GiB per GPU:")
+    print(
+        f"{args.model}, {args.image_size}x{args.image_size}, batch {args.batch} per GPU, {gpus} of "
+        f"{args.gpu_memory:g} GiB (usable {USABLE:.0%}); GiB per GPU:"
+    )
     print(table(plans))
     message = advice(args.model, plans, args.batch, args.gpus)
     if message:

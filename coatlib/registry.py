@@ -3,6 +3,7 @@
 A model family registers a builder per name with ``@register_model``; users
 build with ``create_model(name, ...)`` and browse with ``list_models()``.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -68,9 +69,7 @@ def create_model(
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=5, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"unknown model {name!r}.{hint} coatlib.list_models() lists all {len(_REGISTRY)} models."
-        )
+        raise ValueError(f"unknown model {name!r}.{hint} coatlib.list_models() lists all {len(_REGISTRY)} models.")
     if pretrained or checkpoint_path is not None:
         from coatlib import weights
 

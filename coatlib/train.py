@@ -40,6 +40,7 @@ Command line (``python -m coatlib.train --help``)::
     torchrun --nproc_per_node=2 -m coatlib.train --model coatnet_pico --data digits --out runs/ddp
     torchrun --standalone --nproc_per_node=2 -m coatlib.train --model coatnet_pico --fsdp --out runs/fsdp
 """
+
 from __future__ import annotations
 
 import argparse
@@ -136,11 +137,15 @@ def fit(
     device = _device(device, local_rank)
     dtype = _amp_dtype(amp, device)
     if fsdp and amp == "fp16":
-        raise ValueError("fsdp=True computes in bfloat16 through FSDP's MixedPrecisionPolicy, without a "
-                         "GradScaler: use amp='bf16' (or amp=None)")
+        raise ValueError(
+            "fsdp=True computes in bfloat16 through FSDP's MixedPrecisionPolicy, without a "
+            "GradScaler: use amp='bf16' (or amp=None)"
+        )
     if sync_bn and device.type != "cuda":
-        raise ValueError("sync_bn=True needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); on the CPU each "
-                         "process normalises its own share of the batch")
+        raise ValueError(
+            "sync_bn=True needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); on the CPU each "
+            "process normalises its own share of the batch"
+        )
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
     steps_per_epoch = _steps_per_epoch(train_data, batch_size, world)
@@ -168,8 +173,13 @@ def fit(
     warmup_steps, total_steps = round(warmup_epochs * steps_per_epoch), epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup_steps, total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    schedule = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "world_size": world, "lr": lr,
-                "warmup_steps": warmup_steps}
+    schedule = {
+        "epochs": epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "world_size": world,
+        "lr": lr,
+        "warmup_steps": warmup_steps,
+    }
     history, start = {k: [] for k in HISTORY_KEYS}, 0
     torch.manual_seed(seed + rank)
     if resume:
@@ -181,8 +191,13 @@ def fit(
 
     sampler = DistributedSampler(train_data, num_replicas=world, rank=rank, shuffle=True, seed=seed)
     loader = DataLoader(
-        train_data, batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
-        pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+        train_data,
+        batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
     )
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     autocast_dtype = None if cast_weights else dtype  # or the MixedPrecisionPolicy casts
@@ -198,8 +213,9 @@ def fit(
         seconds = time.perf_counter() - t0
         test_loss, test_acc = (None, None)
         if test_data is not None:
-            test_loss, test_acc = evaluate(model, test_data, batch_size, device, None if cast_weights else amp,
-                                           channels_last)
+            test_loss, test_acc = evaluate(
+                model, test_data, batch_size, device, None if cast_weights else amp, channels_last
+            )
         row = {
             "epoch": epoch + 1,
             "train_loss": (sums[0] / sums[2]).item(),
@@ -226,7 +242,9 @@ def fit(
             if fsdp:
                 save_sharded_checkpoint(state, checkpoint, model, optimizer)
             else:
-                state.update(model=model.state_dict(), optimizer=optimizer.state_dict(), model_description=_describe(model))
+                state.update(
+                    model=model.state_dict(), optimizer=optimizer.state_dict(), model_description=_describe(model)
+                )
                 if rank == 0:
                     save_checkpoint(state, checkpoint)
                 if world > 1:
@@ -245,7 +263,11 @@ def blocks_of(model: nn.Module) -> list[nn.Module]:
     found: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
         inside_a_block = any(name.startswith(outer + ".") for outer, _ in found)
-        if name.rsplit(".", 1)[-1] == "blocks" and isinstance(module, (nn.ModuleList, nn.Sequential)) and not inside_a_block:
+        if (
+            name.rsplit(".", 1)[-1] == "blocks"
+            and isinstance(module, (nn.ModuleList, nn.Sequential))
+            and not inside_a_block
+        ):
             found += [(f"{name}.{child_name}", child) for child_name, child in module.named_children()]
     return [block for _, block in found]
 
@@ -262,8 +284,14 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def _distribute(model: nn.Module, device: torch.device, world: int, fsdp: bool, activation_checkpointing: bool,
-                dtype: torch.dtype | None) -> nn.Module:
+def _distribute(
+    model: nn.Module,
+    device: torch.device,
+    world: int,
+    fsdp: bool,
+    activation_checkpointing: bool,
+    dtype: torch.dtype | None,
+) -> nn.Module:
     """Prepare ``model`` in place for training and return the module to call: ``model`` itself (one
     process, or sharded by FSDP) or a ``DistributedDataParallel`` around it. ``dtype`` is the type
     FSDP gathers the weights in and computes with (None: float32)."""
@@ -282,8 +310,9 @@ def _distribute(model: nn.Module, device: torch.device, world: int, fsdp: bool, 
     return model
 
 
-def train_one_epoch(net, loader, criterion, optimizer, scheduler, scaler, *, device, dtype, memory_format,
-                    clip_grad, bar=None) -> torch.Tensor:
+def train_one_epoch(
+    net, loader, criterion, optimizer, scheduler, scaler, *, device, dtype, memory_format, clip_grad, bar=None
+) -> torch.Tensor:
     """One pass over ``loader``: forward (under autocast when ``dtype`` is set), backward
     (through the GradScaler), clip, step, schedule. Returns ``[summed loss, correct, images]``."""
     net.train()
@@ -350,9 +379,13 @@ def evaluate(
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(x).float()
         losses = F.cross_entropy(logits, y, reduction="none")
-        sums += torch.stack([
-            (losses * counted).sum().double(), ((logits.argmax(1) == y) & counted).sum().double(), counted.sum().double()
-        ])
+        sums += torch.stack(
+            [
+                (losses * counted).sum().double(),
+                ((logits.argmax(1) == y) & counted).sum().double(),
+                counted.sum().double(),
+            ]
+        )
     model.train(was_training)
     if world > 1:
         dist.all_reduce(sums)
@@ -449,7 +482,9 @@ SHARDED_STATE = "train_state.pt"  # in a sharded checkpoint's folder: epoch, his
 
 
 def load_checkpoint(
-    path: str | Path | None, model: nn.Module, schedule: dict | None = None,
+    path: str | Path | None,
+    model: nn.Module,
+    schedule: dict | None = None,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> dict:
     """Read a checkpoint, check it fits ``model`` (and the ``schedule`` of this run, if given), load its
@@ -465,8 +500,11 @@ def load_checkpoint(
     sharded = path.is_dir()
     state = torch.load(path / SHARDED_STATE if sharded else path, map_location="cpu", weights_only=True)
     if sharded:
-        saved = {k.removeprefix("model."): v.size for k, v in dcp.FileSystemReader(path).read_metadata()
-                 .state_dict_metadata.items() if k.startswith("model.")}
+        saved = {
+            k.removeprefix("model."): v.size
+            for k, v in dcp.FileSystemReader(path).read_metadata().state_dict_metadata.items()
+            if k.startswith("model.")
+        }
     else:
         saved = {k: v.shape for k, v in state["model"].items()}
     current = {k: v.shape for k, v in model.state_dict().items()}
@@ -484,8 +522,12 @@ def load_checkpoint(
         with warnings.catch_warnings():  # in one process, loading alone is the intent: no need to say so
             warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
             dcp.load(target, checkpoint_id=path, no_dist=not dist.is_initialized())
-        set_state_dict(model, optimizer if optimizer is not None else [], model_state_dict=target["model"],
-                       optim_state_dict=target.get("optimizer", {}))
+        set_state_dict(
+            model,
+            optimizer if optimizer is not None else [],
+            model_state_dict=target["model"],
+            optim_state_dict=target.get("optimizer", {}),
+        )
     else:
         model.load_state_dict(state["model"])
         if optimizer is not None:
@@ -495,21 +537,21 @@ def load_checkpoint(
 
 def _describe(model: nn.Module) -> str:
     """``"a CoAtNet with 312,774 parameters"``: the model a checkpoint belongs to, for error messages."""
-    return f"a {type(model).__name__.removeprefix('FSDP')} with {sum(p.numel() for p in model.parameters()):,} parameters"
+    return (
+        f"a {type(model).__name__.removeprefix('FSDP')} with {sum(p.numel() for p in model.parameters()):,} parameters"
+    )
 
 
-def _check_same_model(saved: dict, current: dict, path, saved_model: str | None = None,
-                      current_model: str | None = None) -> None:
+def _check_same_model(
+    saved: dict, current: dict, path, saved_model: str | None = None, current_model: str | None = None
+) -> None:
     """Raise unless the tensor shapes ``saved`` (name: shape) are those of the model, ``current``."""
     missing = sorted(set(current) - set(saved))
     unexpected = sorted(set(saved) - set(current))
     differ = sorted(k for k in set(saved) & set(current) if tuple(saved[k]) != tuple(current[k]))
     if missing or unexpected or differ:
         examples = [f"missing {k}" for k in missing[:2]] + [f"unexpected {k}" for k in unexpected[:2]]
-        examples += [
-            f"{k}: {tuple(saved[k])} in the checkpoint, {tuple(current[k])} in the model"
-            for k in differ[:2]
-        ]
+        examples += [f"{k}: {tuple(saved[k])} in the checkpoint, {tuple(current[k])} in the model" for k in differ[:2]]
         belongs = f" ({saved_model}; this one is {current_model})" if saved_model else ""
         raise ValueError(
             f"checkpoint {path} was written by a different model{belongs} ({len(missing)} tensors missing, "
@@ -576,13 +618,17 @@ def supported_amp(device: str | torch.device) -> list[str | None]:
 def _amp_dtype(amp: str | None, device: torch.device):
     supported = supported_amp(device)
     if amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}; this device ({device}) supports "
-                         f"{', '.join(map(repr, supported))}")
+        raise ValueError(
+            f"amp must be None, 'bf16' or 'fp16', got {amp!r}; this device ({device}) supports "
+            f"{', '.join(map(repr, supported))}"
+        )
     if amp == "fp16" and device.type != "cuda":
         raise ValueError("amp='fp16' needs a CUDA device (it trains with a GradScaler); on the CPU use amp='bf16'")
     if amp not in supported:
-        raise ValueError(f"amp={amp!r} is not supported by this device ({device}), which supports "
-                         f"{', '.join(map(repr, supported))}: choose one of those")
+        raise ValueError(
+            f"amp={amp!r} is not supported by this device ({device}), which supports "
+            f"{', '.join(map(repr, supported))}: choose one of those"
+        )
     return AMP_DTYPES[amp]
 
 
@@ -616,8 +662,10 @@ def _check_model_takes(model: nn.Module, data: Dataset, device: torch.device) ->
     classes = getattr(data, "classes", None)
     if out.ndim != 2 or (classes is not None and out.shape[1] != len(classes)):
         want = f"{len(classes)} (one per class)" if classes is not None else "(batch, classes)"
-        raise ValueError(f"the model outputs shape {tuple(out.shape)} for one image; the data needs {want} logits: "
-                         f"build it with num_classes={len(classes) if classes is not None else '...'}")
+        raise ValueError(
+            f"the model outputs shape {tuple(out.shape)} for one image; the data needs {want} logits: "
+            f"build it with num_classes={len(classes) if classes is not None else '...'}"
+        )
 
 
 # Position parameters are not weights to shrink: decaying a relative-bias table pulls every
@@ -673,8 +721,12 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
     p.add_argument("--model", default="coatnet_pico", help="registered name, see coatlib.list_models()")
     p.add_argument("--data", default="digits", help=f"one of {', '.join(coatlib.data.DATASETS)}")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--out", required=True, type=Path,
-                   help="folder for history.json and checkpoint.pt (with --fsdp: the folder checkpoint/)")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="folder for history.json and checkpoint.pt (with --fsdp: the folder checkpoint/)",
+    )
     p.add_argument("--image-size", type=int, default=None, help="default: the data set's")
     p.add_argument("--channels", type=int, default=3, choices=(1, 3))
     p.add_argument("--data-size", type=int, default=None, help="training images of a generated data set")
@@ -691,10 +743,16 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
-    p.add_argument("--fsdp", action="store_true",
-                   help="shard the model over the processes (FSDP2; under torchrun); --amp bf16 computes in bf16")
-    p.add_argument("--activation-checkpointing", action="store_true",
-                   help="recompute each block in the backward pass instead of storing its activations")
+    p.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="shard the model over the processes (FSDP2; under torchrun); --amp bf16 computes in bf16",
+    )
+    p.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute each block in the backward pass instead of storing its activations",
+    )
     p.add_argument("--compile", action="store_true", help="train through torch.compile")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
@@ -704,8 +762,10 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
 
     rank, world, _ = init_distributed()
     if args.fsdp and world == 1:  # before the data are built: say at once how to start it
-        raise ValueError("--fsdp shards the model over several processes: start it with `torchrun --standalone "
-                         "--nproc_per_node=N -m coatlib.train ... --fsdp` (N >= 2), or leave out --fsdp")
+        raise ValueError(
+            "--fsdp shards the model over several processes: start it with `torchrun --standalone "
+            "--nproc_per_node=N -m coatlib.train ... --fsdp` (N >= 2), or leave out --fsdp"
+        )
     options = {"download": True} if args.download else {}
     train_data, test_data = coatlib.data.load_splits(
         args.data, args.image_size, args.channels, args.data_size, args.test_size, **options
@@ -713,18 +773,35 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
     torch.manual_seed(args.seed)
     overrides = {"drop_path_rate": args.drop_path} if args.drop_path is not None else {}
     model = coatlib.create_model(
-        args.model, num_classes=len(train_data.classes), image_size=train_data.image_size, in_chans=args.channels,
+        args.model,
+        num_classes=len(train_data.classes),
+        image_size=train_data.image_size,
+        in_chans=args.channels,
         **overrides,
     )
     history = fit(
-        model, train_data, test_data, args.epochs,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-        label_smoothing=args.label_smoothing, clip_grad=args.clip_grad or None,
-        amp=None if args.amp == "none" else args.amp, device=args.device, channels_last=args.channels_last,
-        sync_bn=args.sync_bn, fsdp=args.fsdp, activation_checkpointing=args.activation_checkpointing,
-        compile=args.compile, seed=args.seed, checkpoint=args.out / ("checkpoint" if args.fsdp else "checkpoint.pt"),
+        model,
+        train_data,
+        test_data,
+        args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing,
+        clip_grad=args.clip_grad or None,
+        amp=None if args.amp == "none" else args.amp,
+        device=args.device,
+        channels_last=args.channels_last,
+        sync_bn=args.sync_bn,
+        fsdp=args.fsdp,
+        activation_checkpointing=args.activation_checkpointing,
+        compile=args.compile,
+        seed=args.seed,
+        checkpoint=args.out / ("checkpoint" if args.fsdp else "checkpoint.pt"),
         resume=args.resume,
-        progress=not args.quiet, num_workers=args.num_workers,
+        progress=not args.quiet,
+        num_workers=args.num_workers,
     )
     if rank == 0:
         record = {

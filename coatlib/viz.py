@@ -10,6 +10,7 @@ way the paper's Figure 2 compares its five candidates.
 Every figure has labelled axes and an opaque white background, so that it
 reads the same in the book's light and dark themes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -103,10 +104,24 @@ def draw_stages(
     xs = range(len(kinds))
     bars = ax.bar(xs, widths, width=0.8, color=[COLORS[k] for k in kinds], edgecolor="black", linewidth=0.6)
     for bar, row in zip(bars, rows):
-        ax.annotate(f"{row.blocks}x {BLOCK_NAMES[row.kind]}\nD={row.width}", (bar.get_x() + 0.4, bar.get_height()),
-                    xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=8)
-    ax.annotate("pool, LN,\ntanh, FC", (bars[-1].get_x() + 0.4, bars[-1].get_height()), xytext=(0, 3),
-                textcoords="offset points", ha="center", va="bottom", fontsize=8)
+        ax.annotate(
+            f"{row.blocks}x {BLOCK_NAMES[row.kind]}\nD={row.width}",
+            (bar.get_x() + 0.4, bar.get_height()),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.annotate(
+        "pool, LN,\ntanh, FC",
+        (bars[-1].get_x() + 0.4, bars[-1].get_height()),
+        xytext=(0, 3),
+        textcoords="offset points",
+        ha="center",
+        va="bottom",
+        fontsize=8,
+    )
     ax.set_yscale("log", base=2)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.set_ylim(min(widths) / 2, max(widths) * 4)
@@ -134,7 +149,9 @@ def plot_layouts(result: dict, ax: plt.Axes | None = None, title: str | None = N
     order the candidates were trained. Returns the figure."""
     rows = result.get("results") if isinstance(result, dict) else None
     if not rows:
-        raise ValueError("plot_layouts needs the dict returned by coatlib.experiments.layouts(...) with at least one result")
+        raise ValueError(
+            "plot_layouts needs the dict returned by coatlib.experiments.layouts(...) with at least one result"
+        )
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
     fig = ax.figure

@@ -19,6 +19,7 @@ unless asked: ``pretrained_state_dict(name)`` (what ``create_model(name,
 pretrained=True)`` calls) fetches timm's trained rw CoAtNets from the Hugging
 Face Hub with the optional ``pretrained`` extra.
 """
+
 from __future__ import annotations
 
 import math
@@ -120,9 +121,15 @@ def _mbconv_rules(model: nn.Module, block_pattern: str, split_project: bool = Fa
             block = model.get_submodule(m[1])
         except AttributeError:
             block = None
-        if not isinstance(block, (InvertedResidual, FusedMBConv)):  # no such block: leave the key, it is reported as not fitting
+        if not isinstance(
+            block, (InvertedResidual, FusedMBConv)
+        ):  # no such block: leave the key, it is reported as not fitting
             return m[0]
-        names = [n for n in ("expand", "dw", "se", "project") if not isinstance(getattr(block, n, None), (nn.Identity, type(None)))]
+        names = [
+            n
+            for n in ("expand", "dw", "se", "project")
+            if not isinstance(getattr(block, n, None), (nn.Identity, type(None)))
+        ]
         if split_project:
             names[-1:] = ["project.0", "project.1"]
         j = int(m[2])
@@ -146,7 +153,9 @@ def _rules_for(model: nn.Module) -> Rules:
         return SWIN
     if isinstance(model, ConvNeXt):
         return CONVNEXT
-    supported = "ResNet, MobileNetV2, MobileNetV3, EfficientNet (B0-B7, V2), VisionTransformer, SwinTransformer, ConvNeXt"
+    supported = (
+        "ResNet, MobileNetV2, MobileNetV3, EfficientNet (B0-B7, V2), VisionTransformer, SwinTransformer, ConvNeXt"
+    )
     raise TypeError(
         f"torchvision has no counterpart of {type(model).__name__}, so there are no torchvision weights "
         f"to load into it; load_torchvision_weights supports {supported}"
@@ -368,7 +377,8 @@ def closest_timm_variant(state_dict: Mapping[str, torch.Tensor]) -> str:
         rename, _ = _timm_mapping(model)
         target = model.state_dict()
         hits = sum(
-            1 for k, v in tensors.items()
+            1
+            for k, v in tensors.items()
             if (t := target.get(rename(k))) is not None and (t.numel() == v.numel() or k.endswith("bias_table"))
         )
         scores[timm_name] = hits / max(len(tensors), len(target))
@@ -453,8 +463,10 @@ def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
             f"weights; timm's trained CoAtNets are {', '.join(PRETRAINED)}"
         )
     hub_id = PRETRAINED[name].hub_id
-    local = f"download https://huggingface.co/{hub_id}/resolve/main/model.safetensors and pass " \
-            f"create_model({name!r}, checkpoint_path='model.safetensors')"
+    local = (
+        f"download https://huggingface.co/{hub_id}/resolve/main/model.safetensors and pass "
+        f"create_model({name!r}, checkpoint_path='model.safetensors')"
+    )
     try:
         from huggingface_hub import constants, hf_hub_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError

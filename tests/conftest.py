@@ -6,6 +6,7 @@ fails in ``torchvision._meta_registrations``, an empty stand-in for that module
 (``../shared/REFERENCE.md`` section 5). Tests that need torchvision are skipped
 when it is still not importable.
 """
+
 from __future__ import annotations
 
 import sys

@@ -6,6 +6,7 @@ checkpointing, and (4) CoAtNet pico (with BatchNorm) in bfloat16 with activation
 checkpointing, and writes each run's history and the logits of its final
 model on 8 test images to ``results.pt`` (process 0).
 """
+
 import sys
 from pathlib import Path
 
@@ -61,21 +62,29 @@ def main(folder: Path):
     results["logits"] = logits(net, images)
 
     try:  # each process has read 1 + 1.5 epochs' images of its share: the crash comes in epoch 2
-        fit(model(), CrashAfter(train, 1 + len(train) * 3 // 4), test, checkpoint=folder / "crashed", fsdp=True,
-            **SETTINGS)
+        fit(
+            model(),
+            CrashAfter(train, 1 + len(train) * 3 // 4),
+            test,
+            checkpoint=folder / "crashed",
+            fsdp=True,
+            **SETTINGS,
+        )
     except Interrupted:
         results["crashed_epoch"] = torch.load(folder / "crashed" / "train_state.pt", weights_only=True)["epoch"]
     resumed = model(seed=123)  # other initial weights: resuming replaces them
-    results["resumed_history"] = fit(resumed, train, test, checkpoint=folder / "crashed", resume=True, fsdp=True,
-                                     **SETTINGS)
+    results["resumed_history"] = fit(
+        resumed, train, test, checkpoint=folder / "crashed", resume=True, fsdp=True, **SETTINGS
+    )
     results["resumed_logits"] = logits(resumed, images)
 
     recomputed = model()
     results["checkpointed_history"] = fit(recomputed, train, test, fsdp=True, activation_checkpointing=True, **SETTINGS)
     torch.manual_seed(0)  # CoAtNet with BatchNorm, bfloat16 and activation checkpointing
     coatnet = coatlib.create_model("coatnet_pico", num_classes=2, image_size=32)
-    results["bf16_history"] = fit(coatnet, train, test, fsdp=True, amp="bf16", activation_checkpointing=True,
-                                  **SETTINGS)
+    results["bf16_history"] = fit(
+        coatnet, train, test, fsdp=True, amp="bf16", activation_checkpointing=True, **SETTINGS
+    )
     results["images"] = images
     if rank == 0:
         torch.save(results, folder / "results.pt")

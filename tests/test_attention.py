@@ -1,4 +1,5 @@
 """RelativeAttention (CoAtNet Eq. 3): equivalences, the bias table and resizing."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,8 +24,8 @@ def reference(attn: RelativeAttention, x: torch.Tensor) -> torch.Tensor:
     """Eq. 3 written out from the weights, independent of the module's own helpers."""
     B, C, H, W = x.shape
     tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
-    q, k, v = F.linear(tokens, attn.qkv.weight, attn.qkv.bias).view(B, H * W, 3, attn.num_heads, -1).permute(
-        2, 0, 3, 1, 4
+    q, k, v = (
+        F.linear(tokens, attn.qkv.weight, attn.qkv.bias).view(B, H * W, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
     )
     logits = q @ k.transpose(-1, -2) / attn.head_dim**0.5
     w = offset_bias(attn.relative_bias_table, H, W)
@@ -142,8 +143,9 @@ def test_state_dict_from_other_map_size_is_resized_on_load():
     with torch.no_grad():
         small.relative_bias_table.normal_()
     big.load_state_dict(small.state_dict())
-    expected = F.interpolate(small.relative_bias_table.detach()[None], size=(11, 11), mode="bilinear",
-                             align_corners=True)[0]
+    expected = F.interpolate(
+        small.relative_bias_table.detach()[None], size=(11, 11), mode="bilinear", align_corners=True
+    )[0]
     torch.testing.assert_close(big.relative_bias_table.detach(), expected)
 
 

@@ -1,5 +1,6 @@
 """The blocks against the paper's equations, each reference written out with torch.nn.functional
 from the block's parameters (not by calling the block's own sub-modules)."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -120,7 +121,9 @@ def eq4(block: TransformerBlock, x: torch.Tensor, stride: int, pool: str, norm_t
     x = shortcut + out
     h = ln_channels(x, block.norm2)
     h = h.permute(0, 2, 3, 1)  # the FFN acts on every position's channels
-    h = F.linear(F.gelu(F.linear(h, block.ffn.fc1.weight, block.ffn.fc1.bias)), block.ffn.fc2.weight, block.ffn.fc2.bias)
+    h = F.linear(
+        F.gelu(F.linear(h, block.ffn.fc1.weight, block.ffn.fc1.bias)), block.ffn.fc2.weight, block.ffn.fc2.bias
+    )
     h = h.permute(0, 3, 1, 2)
     return x + h
 

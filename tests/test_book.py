@@ -3,6 +3,7 @@ figures, and an HTML build without warnings or broken internal links.
 
 The conventions checked here are described in ``coatlib/book.py``.
 """
+
 from __future__ import annotations
 
 import io
@@ -48,7 +49,9 @@ def test_notebooks_and_table_of_contents_agree():
     listed = {ROOT / f"{f}.ipynb" for f in files if (ROOT / f"{f}.ipynb").is_file()}
     assert NOTEBOOKS and set(NOTEBOOKS) == listed, "every notebook in notebooks/ must be listed in _toc.yml"
     for f in files:
-        assert any((ROOT / f"{f}{ext}").is_file() for ext in (".md", ".ipynb")), f"_toc.yml lists {f}, which does not exist"
+        assert any((ROOT / f"{f}{ext}").is_file() for ext in (".md", ".ipynb")), (
+            f"_toc.yml lists {f}, which does not exist"
+        )
     assert book.toc_notebooks(ROOT) == [ROOT / f"{f}.ipynb" for f in files if (ROOT / f"{f}.ipynb") in listed]
 
 
@@ -83,7 +86,9 @@ def test_install_cell_is_stamped_into_a_notebook_without_one():
 
 def test_execute_stamps_the_install_cell_and_stores_the_outputs(tmp_path):
     path = tmp_path / "chapter.ipynb"
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T"), nbformat.v4.new_code_cell("print(6 * 7)")])
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_markdown_cell("# T"), nbformat.v4.new_code_cell("print(6 * 7)")]
+    )
     nbformat.write(nb, path)
     book.execute(path, book.install_source("https://example.org/repo", "main"), timeout=120)
     cells = read(path).cells
@@ -119,7 +124,9 @@ def test_exercises_have_collapsed_solutions_and_checks(path):
             inside = [c for c in nb.cells[index + 1 : end[0]] if c.cell_type == "code"]
             assert inside, f"the code solution of {arg} has no code cell"
             for cell in inside:
-                assert book.SOLUTION_TAG in cell.metadata.get("tags", []), f"solution code of {arg} must be tagged 'solution'"
+                assert book.SOLUTION_TAG in cell.metadata.get("tags", []), (
+                    f"solution code of {arg} must be tagged 'solution'"
+                )
                 lines = [line.strip() for line in cell.source.splitlines()]
                 assert lines.count(book.BEGIN_SOLUTION) == lines.count(book.END_SOLUTION) >= 1
                 assert lines.index(book.BEGIN_SOLUTION) < lines.index(book.END_SOLUTION)
@@ -133,7 +140,9 @@ def test_exercises_have_collapsed_solutions_and_checks(path):
     assert set(solved) == set(exercises), f"exercises without a solution: {set(exercises) - set(solved)}"
     tagged = [i for i, c in enumerate(nb.cells) if book.SOLUTION_TAG in c.metadata.get("tags", [])]
     ranges = [(i, e[0]) for (i, k, *_), e in zip(found, found[1:]) if k == "solution-start"]
-    assert all(any(a < t < b for a, b in ranges) for t in tagged), "a 'solution' cell outside {solution-start}/{solution-end}"
+    assert all(any(a < t < b for a, b in ranges) for t in tagged), (
+        "a 'solution' cell outside {solution-start}/{solution-end}"
+    )
 
 
 def test_every_check_is_used_in_a_chapter():
@@ -154,7 +163,9 @@ def test_outputs_come_from_one_clean_run(path):
     for cell in code:
         for out in cell.outputs:
             assert out.output_type != "error", f"error output in {cell.source[:60]!r}"
-            assert out.get("name") != "stderr", f"stderr output (a warning?) in {cell.source[:60]!r}: {out.get('text', '')[:200]}"
+            assert out.get("name") != "stderr", (
+                f"stderr output (a warning?) in {cell.source[:60]!r}: {out.get('text', '')[:200]}"
+            )
             text = out.get("text") or out.get("data", {}).get("text/plain", "")
             assert text.count("\n") <= 40, f"output longer than a screen (40 lines) in {cell.source[:60]!r}"
         if book.IGNORE_OUTPUT in cell.source:
@@ -167,8 +178,13 @@ def test_figures_are_opaque_and_present(path):
 
     import matplotlib.image
 
-    images = [out.data["image/png"] for c in read(path).cells if c.cell_type == "code" for out in c.outputs
-              if "image/png" in out.get("data", {})]
+    images = [
+        out.data["image/png"]
+        for c in read(path).cells
+        if c.cell_type == "code"
+        for out in c.outputs
+        if "image/png" in out.get("data", {})
+    ]
     assert images, "each chapter has figures"
     for png in images:
         pixels = matplotlib.image.imread(io.BytesIO(base64.b64decode(png)), format="png")
@@ -186,7 +202,9 @@ def html(tmp_path_factory):
     out = tmp_path_factory.mktemp("book")
     run = subprocess.run(
         ["jupyter-book", "build", str(ROOT), "--path-output", str(out), "-W", "--keep-going"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, f"the book does not build without warnings:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     return out / "_build" / "html"
@@ -241,4 +259,3 @@ def test_chapter_pages_have_colab_button_math_figures_and_exercises(html, path):
     assert 'class="math' in page
     assert "<img" in page
     assert page.count('class="exercise') >= 3 and 'class="solution dropdown' in page
-

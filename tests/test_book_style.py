@@ -3,6 +3,7 @@ the errors found in issue 13 stay fixed.
 
 Every notebook listed in ``_toc.yml`` is checked (chapter 7 included).
 """
+
 from __future__ import annotations
 
 import ast
@@ -56,8 +57,10 @@ ALL_SOURCES = TOC_NOTEBOOKS + PAGES
 def test_code_lines_fit_the_page(path):
     long = [
         f"cell {i} line {n}: {len(line)} characters: {line.strip()[:60]}..."
-        for i, cell in enumerate(cells(path)) if cell.cell_type == "code"
-        for n, line in enumerate(cell.source.splitlines(), start=1) if len(line) > MAX_CODE_LINE
+        for i, cell in enumerate(cells(path))
+        if cell.cell_type == "code"
+        for n, line in enumerate(cell.source.splitlines(), start=1)
+        if len(line) > MAX_CODE_LINE
     ]
     assert not long, f"{path.name}: {len(long)} code lines over {MAX_CODE_LINE} characters:\n" + "\n".join(long)
 
@@ -106,18 +109,27 @@ def test_preface_commands_exist():
     import sys
 
     preface = (ROOT / "book" / "preface.md").read_text(encoding="utf-8")
-    commands = [line.split("#")[0].strip() for block in re.findall(r"```bash\n(.*?)```", preface, re.S)
-                for line in block.splitlines() if line.strip()]
+    commands = [
+        line.split("#")[0].strip()
+        for block in re.findall(r"```bash\n(.*?)```", preface, re.S)
+        for line in block.splitlines()
+        if line.strip()
+    ]
     assert "jupyter lab notebooks/" in commands
     for command in commands:
         if command.startswith("python -m coatlib"):
             module = command.split()[2]
-            assert subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True).returncode == 0
+            assert (
+                subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True).returncode == 0
+            )
     if "jupyter lab notebooks/" in commands:
-        if shutil.which("jupyter") is None or subprocess.run(
-            ["jupyter", "lab", "--version"], capture_output=True
-        ).returncode != 0:
-            pytest.skip("JupyterLab is not installed here (requirements.txt brings it: pip install -r requirements.txt)")
+        if (
+            shutil.which("jupyter") is None
+            or subprocess.run(["jupyter", "lab", "--version"], capture_output=True).returncode != 0
+        ):
+            pytest.skip(
+                "JupyterLab is not installed here (requirements.txt brings it: pip install -r requirements.txt)"
+            )
 
 
 def test_preface_install_instructions_bring_jupyterlab():
@@ -133,15 +145,15 @@ def test_preface_install_instructions_bring_jupyterlab():
 
 # (where, wrong statement) pairs: the text of the book must not say these again.
 FIXED = [
-    (6, r"compares itself with[^.]*ConvNeXt"),                     # 1: ConvNeXt (2022) is later than CoAtNet
-    (2, r"256 times fewer tokens|65\{,\}536"),                     # 2: 3136 / 196 = 16
-    (3, r"Every diagonal of the index matrix holds one number"),   # 3: block-Toeplitz
-    (3, r"different for every query near the border"),            # 4
-    (3, r"rests on 300-epoch"),                                    # 5: not in the paper
-    (3, r"2 \\cdot 10\^\{-3\}"),                                   # 5: fit's default is 3e-3
-    (5, r"last width is written \*\*1026\*\*"),                    # 7: the paper's own typo
-    (6, r"9 pieces\"\)"),                                          # 8: the old hand-made Swin panel
-    (1, r"counts\s+both MACs and measured throughput"),            # 11: the paper's tables have no throughput
+    (6, r"compares itself with[^.]*ConvNeXt"),  # 1: ConvNeXt (2022) is later than CoAtNet
+    (2, r"256 times fewer tokens|65\{,\}536"),  # 2: 3136 / 196 = 16
+    (3, r"Every diagonal of the index matrix holds one number"),  # 3: block-Toeplitz
+    (3, r"different for every query near the border"),  # 4
+    (3, r"rests on 300-epoch"),  # 5: not in the paper
+    (3, r"2 \\cdot 10\^\{-3\}"),  # 5: fit's default is 3e-3
+    (5, r"last width is written \*\*1026\*\*"),  # 7: the paper's own typo
+    (6, r"9 pieces\"\)"),  # 8: the old hand-made Swin panel
+    (1, r"counts\s+both MACs and measured throughput"),  # 11: the paper's tables have no throughput
 ]
 
 
@@ -222,4 +234,6 @@ def test_chapter_6_accuracies_are_torchvisions_v1_weights(torchvision):
         meta = get_model_weights(name).IMAGENET1K_V1.meta
         assert value == pytest.approx(meta["_metrics"]["ImageNet-1K"]["acc@1"]), name
     v2 = _chapter_6_dict("RECIPE_V2")
-    assert v2["resnet50"] == pytest.approx(get_model_weights("resnet50").IMAGENET1K_V2.meta["_metrics"]["ImageNet-1K"]["acc@1"])
+    assert v2["resnet50"] == pytest.approx(
+        get_model_weights("resnet50").IMAGENET1K_V2.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+    )

@@ -1,10 +1,11 @@
 """The CoAtNet family: paper parameter counts and MACs, layouts, sizes, devices and errors."""
+
 import pytest
 import torch
 
 import coatlib
-from coatlib.flops import count_params
 from coatlib.blocks import MBConv, TransformerBlock
+from coatlib.flops import count_params
 from coatlib.models.coatnet import CoAtNet
 
 
@@ -47,8 +48,14 @@ def test_coatnet_0_to_5_match_timm_paper_configs_exactly():
 
 
 PAPER_MACS = [  # (name, image size, paper GMACs)
-    ("coatnet_0", 224, 4.2), ("coatnet_1", 224, 8.4), ("coatnet_2", 224, 15.7), ("coatnet_3", 224, 34.7),
-    ("coatnet_0", 384, 13.4), ("coatnet_1", 384, 27.4), ("coatnet_2", 384, 49.8), ("coatnet_3", 384, 107.4),
+    ("coatnet_0", 224, 4.2),
+    ("coatnet_1", 224, 8.4),
+    ("coatnet_2", 224, 15.7),
+    ("coatnet_3", 224, 34.7),
+    ("coatnet_0", 384, 13.4),
+    ("coatnet_1", 384, 27.4),
+    ("coatnet_2", 384, 49.8),
+    ("coatnet_3", 384, 107.4),
     ("coatnet_4", 384, 189.5),
 ]
 
@@ -188,8 +195,11 @@ def test_post_softmax_option_reaches_every_block():
     with torch.no_grad():
         assert not torch.allclose(pre(x), post(x), atol=1e-6)
         inputs = {}
-        hooks = [b.attn.register_forward_pre_hook(lambda m, i: inputs.__setitem__(m, i[0]))
-                 for b in all_blocks(post) if kind(b) == "T"]
+        hooks = [
+            b.attn.register_forward_pre_hook(lambda m, i: inputs.__setitem__(m, i[0]))
+            for b in all_blocks(post)
+            if kind(b) == "T"
+        ]
         post(x)
         for h in hooks:
             h.remove()

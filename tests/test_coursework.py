@@ -4,6 +4,7 @@ The grading tests execute small notebooks built here with the book's conventions
 (``coatlib.teaching.book``) and real checks from ``coatlib.teaching.exercises``; one slow test
 runs a real chapter, as the student edition (all fail) and as written (all pass).
 """
+
 import json
 
 import nbformat
@@ -24,13 +25,17 @@ MBCONV_MACS = "e, r = 4 * c, c // 4\nreturn h * w * (c * e + e * k * k + e * c) 
 
 def solution_cell(signature, answer):
     body = "\n".join("    " + line for line in [BEGIN_SOLUTION, *answer.splitlines(), END_SOLUTION])
-    return new_code_cell(f'def {signature}:\n    """The reader writes this."""\n{body}', metadata={"tags": [SOLUTION_TAG]})
+    return new_code_cell(
+        f'def {signature}:\n    """The reader writes this."""\n{body}', metadata={"tags": [SOLUTION_TAG]}
+    )
 
 
 def code_exercise(label, signature, answer, check, fence="```"):
     name = signature.split("(")[0]
     return [
-        new_markdown_cell(f"Some prose.\n\n{fence}{{exercise}} Write {name}\n:label: {label}\n\nWrite `{name}`.\n{fence}"),
+        new_markdown_cell(
+            f"Some prose.\n\n{fence}{{exercise}} Write {name}\n:label: {label}\n\nWrite `{name}`.\n{fence}"
+        ),
         new_markdown_cell(f"```{{solution-start}} {label}\n:class: dropdown\n```"),
         solution_cell(signature, answer),
         new_markdown_cell("```{solution-end}\n```"),
@@ -47,9 +52,13 @@ def chapter():
         *code_exercise("ex-rf", "receptive_field(kernel_sizes, strides)", RECEPTIVE_FIELD, "check_receptive_field"),
         *code_exercise("ex-macs", "mbconv_macs(c, k, h, w)", MBCONV_MACS, "result = check_mbconv_macs", fence=":::"),
         new_markdown_cell("```{exercise} Why?\n:label: ex-why\n\nExplain.\n```"),
-        new_markdown_cell("````{solution} ex-why\n:class: dropdown\n\nBecause:\n```python\nprint('the answer')\n```\n````\n\nText after the solution."),
+        new_markdown_cell(
+            "````{solution} ex-why\n:class: dropdown\n\nBecause:\n```python\nprint('the answer')\n```\n````\n\nText after the solution."
+        ),
     ]
-    return new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    return new_notebook(
+        cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    )
 
 
 def write(nb, path):
@@ -82,7 +91,10 @@ def test_student_edition_removes_solutions_keeps_the_rest_and_clears_outputs():
         "    # YOUR CODE HERE\n    raise NotImplementedError",
     ]
     assert all(not cell.outputs and cell.execution_count is None for cell in student.cells if cell.cell_type == "code")
-    assert student.metadata[cw.METADATA_KEY]["checks"] == {"ex-rf": ["check_receptive_field"], "ex-macs": ["check_mbconv_macs"]}
+    assert student.metadata[cw.METADATA_KEY]["checks"] == {
+        "ex-rf": ["check_receptive_field"],
+        "ex-macs": ["check_mbconv_macs"],
+    }
     assert original.cells[7].outputs, "the original notebook is left untouched"
 
 
@@ -116,7 +128,10 @@ def broken(change):
     "nb, error",
     [
         (broken(lambda cells: cells[5].metadata.update(tags=[])), "not tagged 'solution'"),
-        (broken(lambda cells: setattr(cells[5], "source", "def receptive_field(ks, ss):\n    return 1")), "no '# BEGIN SOLUTION' marker"),
+        (
+            broken(lambda cells: setattr(cells[5], "source", "def receptive_field(ks, ss):\n    return 1")),
+            "no '# BEGIN SOLUTION' marker",
+        ),
         (broken(lambda cells: cells.pop(6)), "not tagged 'solution'"),
         (broken(lambda cells: cells.__delitem__(slice(11, 13))), "never closed"),
         (broken(lambda cells: cells.pop(4)), "without a {solution-start}"),
@@ -130,7 +145,11 @@ def test_notebooks_that_break_the_conventions_are_refused_not_leaked(nb, error):
 def test_directives_skip_plain_code_fences_and_nested_directives():
     text = "```python\n```{solution} not-a-directive\n```\n\n````{exercise} Title\n:label: ex-a\n:class: x\n```{note}\nin\n```\n````\ntail"
     [exercise] = cw.directives(text)
-    assert (exercise.name, exercise.argument, exercise.options) == ("exercise", "Title", {"label": "ex-a", "class": "x"})
+    assert (exercise.name, exercise.argument, exercise.options) == (
+        "exercise",
+        "Title",
+        {"label": "ex-a", "class": "x"},
+    )
     assert list(exercise.lines) == [4, 5, 6, 7, 8, 9, 10]
 
 
@@ -149,13 +168,23 @@ def test_the_book_student_edition_hides_every_answer_and_grades_the_same_exercis
     original = nbformat.read(path, as_version=4)
     student = cw.student_notebook(original)
     text = nbformat.writes(student)
-    answers = [cell.source.split(BEGIN_SOLUTION)[1].split(END_SOLUTION)[0] for cell in original.cells if BEGIN_SOLUTION in cell.source]
+    answers = [
+        cell.source.split(BEGIN_SOLUTION)[1].split(END_SOLUTION)[0]
+        for cell in original.cells
+        if BEGIN_SOLUTION in cell.source
+    ]
     assert all(answer.strip() and answer not in text for answer in answers)
     assert text.count("raise NotImplementedError") == len(answers)
     assert "{solution" not in text
     plan, _ = cw.grading_plan(original)
     assert list(student.metadata[cw.METADATA_KEY]["checks"]) == list(plan), "the check cells keep their exercise"
-    solved = [d.argument for cell in original.cells if cell.cell_type == "markdown" for d in cw.directives(cell.source) if d.name == "solution-start"]
+    solved = [
+        d.argument
+        for cell in original.cells
+        if cell.cell_type == "markdown"
+        for d in cw.directives(cell.source)
+        if d.name == "solution-start"
+    ]
     assert set(solved) <= set(plan), "every code exercise has a check cell"
 
 
@@ -193,13 +222,20 @@ def test_grader_passes_the_original_fails_the_student_edition_and_reports_what_i
     }
     messages = {path: [e["message"] for e in r["exercises"]] for path, r in results.items()}
     assert all("raises NotImplementedError" in m for m in messages[str(handout)])
-    assert messages[str(attempt)][0].startswith("check_receptive_field: not yet.") and "each layer adds k - 1" in messages[str(attempt)][0]
+    assert (
+        messages[str(attempt)][0].startswith("check_receptive_field: not yet.")
+        and "each layer adds k - 1" in messages[str(attempt)][0]
+    )
     assert messages[str(attempt)][1] == "the check cell is missing: restore the cell that calls check_mbconv_macs"
-    assert "kernel died" in results[str(crash)]["problem"] and all(m.startswith("not run") for m in messages[str(crash)])
+    assert "kernel died" in results[str(crash)]["problem"] and all(
+        m.startswith("not run") for m in messages[str(crash)]
+    )
     assert results[str(original)]["problem"] is None and results[str(original)]["ungraded"] == ["ex-why"]
     assert f"{original}: 2 of 2 exercises passed" in report
     assert "  FAILED  ex-rf    check_receptive_field: not yet." in report
-    assert report.rstrip().endswith("total: 2 of 8 exercises passed in 4 notebook(s); 1 notebook(s) did not run to the end")
+    assert report.rstrip().endswith(
+        "total: 2 of 8 exercises passed in 4 notebook(s); 1 notebook(s) did not run to the end"
+    )
 
 
 def test_grader_reports_errors_in_check_cells_and_passes_only_when_all_pass(tmp_path, capsys):

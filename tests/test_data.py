@@ -1,4 +1,5 @@
 """coatlib.data: sizes, splits, determinism, augmentation, and clear errors."""
+
 import sys
 import types
 

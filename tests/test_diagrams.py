@@ -1,4 +1,5 @@
 """coatlib.diagrams: the block diagrams say what the configuration says."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -44,8 +45,11 @@ def test_network_diagram_labels_are_the_config(name, image_size):
 def test_stage_rows_follow_the_config_and_refuse_odd_sizes():
     rows = diagrams.stage_rows("coatnet_0", 224)
     assert [(r.stage, r.kind, r.blocks, r.width, r.size, r.heads) for r in rows] == [
-        ("S0", "stem", 2, 64, 112, None), ("S1", "MBConv", 2, 96, 56, None), ("S2", "MBConv", 3, 192, 28, None),
-        ("S3", "TFMRel", 5, 384, 14, 12), ("S4", "TFMRel", 2, 768, 7, 24),
+        ("S0", "stem", 2, 64, 112, None),
+        ("S1", "MBConv", 2, 96, 56, None),
+        ("S2", "MBConv", 3, 192, 28, None),
+        ("S3", "TFMRel", 5, 384, 14, 12),
+        ("S4", "TFMRel", 2, 768, 7, 24),
     ]
     with pytest.raises(ValueError, match="multiple of 32"):
         diagrams.stage_rows("coatnet_0", 200)
@@ -75,7 +79,10 @@ def test_transformer_diagram_sizes_heads_and_tables():
     c = CONFIGS["coatnet_0"]
     texts = diagrams.diagram_texts(diagrams.transformer_diagram(c, stage=3, downsample=True))
     assert texts["input"].startswith("x: 28 x 28 x 192") and texts["output"] == "14 x 14 x 384"
-    assert [texts[f"main-{i}"].split("\n")[0] for i in range(2)] == ["LayerNorm", "MaxPool 2x2, stride 2"]  # pool after LN
+    assert [texts[f"main-{i}"].split("\n")[0] for i in range(2)] == [
+        "LayerNorm",
+        "MaxPool 2x2, stride 2",
+    ]  # pool after LN
     assert "12 heads x 32" in texts["main-2"] and "bias tables 12 x 27 x 27" in texts["main-2"]
     assert "Linear 192 -> 384" in texts["shortcut-1"] and "384 -> 1536" in texts["second-1"]
     texts = diagrams.diagram_texts(diagrams.transformer_diagram(c, stage=4, downsample=False, image_size=384))
@@ -89,7 +96,7 @@ def test_relative_attention_diagram_puts_the_bias_before_or_after_the_softmax():
     for form in ("pre", "post"):
         assert texts[f"{form}-table"].split("\n")[1] == "12 x 27 x 27"
         assert "12 x 196 x 196" in texts[f"{form}-bias"]
-    assert texts["pre-step-1"].startswith("softmax")   # pre: logits, +, softmax
+    assert texts["pre-step-1"].startswith("softmax")  # pre: logits, +, softmax
     assert texts["post-step-0"].startswith("softmax")  # post: logits, softmax, +
     assert texts["pre-sum"] == texts["post-sum"] == "+"
 

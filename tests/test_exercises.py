@@ -1,12 +1,12 @@
 """The exercise checks: each accepts a correct answer and catches wrong ones with a useful message."""
+
 import einops
-import pytest
 import torch
 import torch.nn.functional as F
 
 import coatlib
-from coatlib.teaching import exercises as ex
 from coatlib.attention import RelativeAttention
+from coatlib.teaching import exercises as ex
 
 
 def run(check, fn):
@@ -54,12 +54,23 @@ def depthwise_conv(x, weight):
 
 def test_depthwise_conv():
     passes(ex.check_depthwise_conv, depthwise_conv)
-    fails(ex.check_depthwise_conv, lambda x, w: F.conv2d(x, w, groups=x.shape[1]),
-          "returned shape (2, 3, 6, 6); expected (2, 3, 8, 8)", "no padding")
-    fails(ex.check_depthwise_conv, lambda x, w: depthwise_conv(x, w.flip(-2, -1)),
-          "values are wrong; the first at [batch=0, channel=0, row=0, col=0]", "you flipped the kernel")
-    fails(ex.check_depthwise_conv, lambda x, w: depthwise_conv(x.sum(1, keepdim=True).expand_as(x), w),
-          "summed over the input channels")
+    fails(
+        ex.check_depthwise_conv,
+        lambda x, w: F.conv2d(x, w, groups=x.shape[1]),
+        "returned shape (2, 3, 6, 6); expected (2, 3, 8, 8)",
+        "no padding",
+    )
+    fails(
+        ex.check_depthwise_conv,
+        lambda x, w: depthwise_conv(x, w.flip(-2, -1)),
+        "values are wrong; the first at [batch=0, channel=0, row=0, col=0]",
+        "you flipped the kernel",
+    )
+    fails(
+        ex.check_depthwise_conv,
+        lambda x, w: depthwise_conv(x.sum(1, keepdim=True).expand_as(x), w),
+        "summed over the input channels",
+    )
     replicate = lambda x, w: F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), w, groups=x.shape[1])
     fails(ex.check_depthwise_conv, replicate, "wrong only within 1 pixel(s) of the border")
     fails(ex.check_depthwise_conv, lambda x, w: depthwise_conv(x, w) + 0.1, "expected", "the first at [batch=0")
@@ -93,8 +104,18 @@ def test_receptive_field_reference_matches_gradients():
 
 def test_receptive_field():
     passes(ex.check_receptive_field, ex.receptive_field)
-    fails(ex.check_receptive_field, lambda ks, ss: 1 + sum(k - 1 for k in ks), "returned 7, expected 15", "the strides matter")
-    fails(ex.check_receptive_field, lambda ks, ss: sum(ks), "([3, 3, 3], [1, 1, 1]) returned 9, expected 7", "each layer adds k - 1")
+    fails(
+        ex.check_receptive_field,
+        lambda ks, ss: 1 + sum(k - 1 for k in ks),
+        "returned 7, expected 15",
+        "the strides matter",
+    )
+    fails(
+        ex.check_receptive_field,
+        lambda ks, ss: sum(ks),
+        "([3, 3, 3], [1, 1, 1]) returned 9, expected 7",
+        "each layer adds k - 1",
+    )
 
     def own_stride(ks, ss):
         size, step = 1, 1
@@ -126,13 +147,20 @@ def test_masked_attention():
     passes(ex.check_masked_attention, ex.masked_attention)
     passes(ex.check_masked_attention, masked_attention)
     scores = lambda q, k: q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5  # noqa: E731
-    fails(ex.check_masked_attention, lambda q, k, v, m: scores(q, k).masked_fill(~m, float("-inf")).softmax(-1) @ v,
-          "is nan, expected 0", "return zeros for it")
+    fails(
+        ex.check_masked_attention,
+        lambda q, k, v, m: scores(q, k).masked_fill(~m, float("-inf")).softmax(-1) @ v,
+        "is nan, expected 0",
+        "return zeros for it",
+    )
     fails(ex.check_masked_attention, lambda q, k, v, m: (scores(q, k) * m).softmax(-1) @ v, "exp(0) = 1")
     fails(ex.check_masked_attention, lambda q, k, v, m: (scores(q, k).softmax(-1) * m) @ v, "no longer sum to 1")
     fails(ex.check_masked_attention, lambda q, k, v, m: ex.masked_attention(q, k, v, ~m), "mask where keep is False")
-    fails(ex.check_masked_attention, lambda q, k, v, m: ex.masked_attention(q * q.shape[-1] ** 0.5, k, v, m),
-          "divide the scores by sqrt(d)")
+    fails(
+        ex.check_masked_attention,
+        lambda q, k, v, m: ex.masked_attention(q * q.shape[-1] ** 0.5, k, v, m),
+        "divide the scores by sqrt(d)",
+    )
 
 
 def patchify(images, p):
@@ -141,12 +169,22 @@ def patchify(images, p):
 
 def test_patchify():
     passes(ex.check_patchify, patchify)
-    fails(ex.check_patchify, lambda x, p: einops.rearrange(x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p),
-          "(C, p, p) order")
-    fails(ex.check_patchify, lambda x, p: einops.rearrange(x, "b c (h p1) (w p2) -> b (w h) (c p1 p2)", p1=p, p2=p),
-          "column by column")
-    fails(ex.check_patchify, lambda x, p: F.unfold(x, p, stride=p), "returned shape (2, 48, 4); expected (2, 4, 48)",
-          "tokens go along dimension 1")
+    fails(
+        ex.check_patchify,
+        lambda x, p: einops.rearrange(x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p),
+        "(C, p, p) order",
+    )
+    fails(
+        ex.check_patchify,
+        lambda x, p: einops.rearrange(x, "b c (h p1) (w p2) -> b (w h) (c p1 p2)", p1=p, p2=p),
+        "column by column",
+    )
+    fails(
+        ex.check_patchify,
+        lambda x, p: F.unfold(x, p, stride=p),
+        "returned shape (2, 48, 4); expected (2, 4, 48)",
+        "tokens go along dimension 1",
+    )
 
 
 def attention_macs(n, dim):
@@ -197,7 +235,7 @@ def test_clipped_bias_reference():
     table = torch.randn(2, 5, 7)
     assert torch.equal(ex.clipped_bias(table, 3, 4), table.flatten(1)[:, relative_position_index(3, 4)])
     small = torch.arange(9.0).view(1, 3, 3)  # K = L = 1
-    bias = ex.clipped_bias(small, 1, 5)       # one row of 5: offsets -4..4 in x, clipped to -1..1
+    bias = ex.clipped_bias(small, 1, 5)  # one row of 5: offsets -4..4 in x, clipped to -1..1
     assert bias[0, 0].tolist() == [4.0, 3.0, 3.0, 3.0, 3.0] and bias[0, 4].tolist() == [5.0, 5.0, 5.0, 5.0, 4.0]
 
 
@@ -211,7 +249,7 @@ def test_clipped_bias():
         return t[:, (rows[:, None] - rows[None, :]).clamp(-K, K), (cols[:, None] - cols[None, :]).clamp(-L, L)]
 
     fails(ex.check_clipped_bias, unshifted, "add K")
-    fails(ex.check_clipped_bias, lambda t, H, W: t[:, :H * W, :H * W], "returned shape")
+    fails(ex.check_clipped_bias, lambda t, H, W: t[:, : H * W, : H * W], "returned shape")
 
 
 def static_kernel(table, row, col):
@@ -233,7 +271,9 @@ def test_static_kernel_reference_matches_coatlib():
 def test_static_kernel():
     passes(ex.check_static_kernel, static_kernel)
     fails(ex.check_static_kernel, lambda t, r, c: static_kernel(t.flip(0, 1), r, c), "yours is w[j - i]")
-    fails(ex.check_static_kernel, lambda t, r, c: static_kernel(t, r, c)[:, :-1], "returned shape (3, 2); expected (3, 3)")
+    fails(
+        ex.check_static_kernel, lambda t, r, c: static_kernel(t, r, c)[:, :-1], "returned shape (3, 2); expected (3, 3)"
+    )
     H = lambda t: (t.shape[0] + 1) // 2
     W = lambda t: (t.shape[1] + 1) // 2
     raw = lambda t, r, c: t[r : r + H(t), c : c + W(t)].flip(0, 1)
@@ -252,9 +292,17 @@ def attention_memory(image_size, stage, width, batch):
 
 def test_attention_memory():
     passes(ex.check_attention_memory, attention_memory)
-    fails(ex.check_attention_memory, lambda i, s, w, b: attention_memory(i, s, 32, b), "returned 39,337,984, expected 118,013,952",
-          "multiply by the number of heads")
-    fails(ex.check_attention_memory, lambda i, s, w, b: attention_memory(2 * i, s, w, b), "the stem halves the image first")
+    fails(
+        ex.check_attention_memory,
+        lambda i, s, w, b: attention_memory(i, s, 32, b),
+        "returned 39,337,984, expected 118,013,952",
+        "multiply by the number of heads",
+    )
+    fails(
+        ex.check_attention_memory,
+        lambda i, s, w, b: attention_memory(2 * i, s, w, b),
+        "the stem halves the image first",
+    )
     fails(ex.check_attention_memory, lambda i, s, w, b: attention_memory(i, s, w, b) // 4, "4 bytes")
     fails(ex.check_attention_memory, lambda i, s, w, b: attention_memory(i, s, w, 1), "(224, 3, 384, 8)", "batch size")
 
@@ -265,20 +313,38 @@ def window_attention_macs(h, w, window, dim):
 
 def test_window_attention_macs():
     passes(ex.check_window_attention_macs, window_attention_macs)
-    fails(ex.check_window_attention_macs, lambda h, w, win, d: window_attention_macs(h, w, h, d), "expected 145,108,992",
-          "global attention")
+    fails(
+        ex.check_window_attention_macs,
+        lambda h, w, win, d: window_attention_macs(h, w, h, d),
+        "expected 145,108,992",
+        "global attention",
+    )
     fails(ex.check_window_attention_macs, lambda h, w, win, d: 4 * h * w * d * d, "projections only")
-    fails(ex.check_window_attention_macs, lambda h, w, win, d: 4 * h * w * d * d + 2 * h * w * win * d, "window^2 tokens, not window")
+    fails(
+        ex.check_window_attention_macs,
+        lambda h, w, win, d: 4 * h * w * d * d + 2 * h * w * win * d,
+        "window^2 tokens, not window",
+    )
 
 
 def test_window_partition():
     passes(ex.check_window_partition, lambda x, w: einops.rearrange(x, "b (h p) (w q) c -> (b h w) (p q) c", p=w, q=w))
     fails(ex.check_window_partition, lambda x, w: x.reshape(-1, w * w, x.shape[-1]), "strips of whole rows")
-    fails(ex.check_window_partition, lambda x, w: einops.rearrange(x, "b (h p) (w q) c -> (b w h) (p q) c", p=w, q=w),
-          "list the windows row by row")
-    fails(ex.check_window_partition, lambda x, w: einops.rearrange(x, "b (h p) (w q) c -> (b h w) (q p) c", p=w, q=w),
-          "tokens inside a window row by row")
-    fails(ex.check_window_partition, lambda x, w: x.reshape(-1, w, x.shape[-1]), "returned shape (24, 2, 3); expected (12, 4, 3)")
+    fails(
+        ex.check_window_partition,
+        lambda x, w: einops.rearrange(x, "b (h p) (w q) c -> (b w h) (p q) c", p=w, q=w),
+        "list the windows row by row",
+    )
+    fails(
+        ex.check_window_partition,
+        lambda x, w: einops.rearrange(x, "b (h p) (w q) c -> (b h w) (q p) c", p=w, q=w),
+        "tokens inside a window row by row",
+    )
+    fails(
+        ex.check_window_partition,
+        lambda x, w: x.reshape(-1, w, x.shape[-1]),
+        "returned shape (24, 2, 3); expected (12, 4, 3)",
+    )
 
 
 # chapter 5 ------------------------------------------------------------------
@@ -287,8 +353,13 @@ def test_window_partition():
 def test_bias_params_reference_counts_the_models_tables():
     from coatlib.models.coatnet import CONFIGS
 
-    for name, size in [("coatnet_0", 224), ("coatnet_0", 384), ("coatnet_5", 512), ("coatnet_6", 512),
-                       ("coatnet_pico", 64)]:
+    for name, size in [
+        ("coatnet_0", 224),
+        ("coatnet_0", 384),
+        ("coatnet_5", 512),
+        ("coatnet_6", 512),
+        ("coatnet_pico", 64),
+    ]:
         with torch.device("meta"):
             model = coatlib.create_model(name, image_size=size)
         tables = sum(p.numel() for n, p in model.named_parameters() if n.endswith("relative_bias_table"))
@@ -299,14 +370,18 @@ def test_bias_params():
     passes(ex.check_bias_params, ex.bias_params)
 
     def heads_of_32(config, size):
-        return sum(d * (w // 32) * (2 * size // 2 ** (i + 1) - 1) ** 2
-                   for i, (d, w) in enumerate(zip(config.depths[2:], config.widths[2:]), start=3))
+        return sum(
+            d * (w // 32) * (2 * size // 2 ** (i + 1) - 1) ** 2
+            for i, (d, w) in enumerate(zip(config.depths[2:], config.widths[2:]), start=3)
+        )
 
     fails(ex.check_bias_params, heads_of_32, "width / config.head_dim")
 
     def map_not_offsets(config, size):
-        return sum(d * (w // config.head_dim) * (size // 2 ** (i + 1)) ** 2
-                   for i, (d, w) in enumerate(zip(config.depths[2:], config.widths[2:]), start=3))
+        return sum(
+            d * (w // config.head_dim) * (size // 2 ** (i + 1)) ** 2
+            for i, (d, w) in enumerate(zip(config.depths[2:], config.widths[2:]), start=3)
+        )
 
     fails(ex.check_bias_params, map_not_offsets, "one entry per offset")
     fails(ex.check_bias_params, lambda c, s: ex.bias_params(c, s) // c.depths[2] if c.depths[3] == 1 else 0, "returned")
@@ -325,13 +400,19 @@ def test_transformer_params():
 
     def with_tables(per_block):
         """The right count, but with ``per_block(heads, one_table)`` bias entries instead of ``heads * one_table``."""
+
         def count(a, b, s, h):
             heads, one = b // h, (2 * s[0] - 1) * (2 * s[1] - 1)
             return transformer_params(a, b, s, h) - heads * one + per_block(heads, one)
+
         return count
 
-    fails(ex.check_transformer_params, with_tables(lambda heads, one: 0), "returned 1,627,008, expected 1,635,756",
-          "add the relative bias tables")
+    fails(
+        ex.check_transformer_params,
+        with_tables(lambda heads, one: 0),
+        "returned 1,627,008, expected 1,635,756",
+        "add the relative bias tables",
+    )
     fails(ex.check_transformer_params, with_tables(lambda heads, one: one), "multiply by the number of heads")
     fails(ex.check_transformer_params, with_tables(lambda heads, one: 8 * one), "not a fixed 8")
     no_shortcut = lambda a, b, s, h: transformer_params(a, b, s, h) - (a * b + b if a != b else 0)  # noqa: E731
@@ -345,12 +426,22 @@ def resize_table(table, map_size):
 
 def test_resize_table():
     passes(ex.check_resize_table, resize_table)
-    fails(ex.check_resize_table, lambda t, s: F.interpolate(t[None], size=s, mode="bilinear", align_corners=True)[0],
-          "returned shape (2, 12, 12)", "(2, 23, 23)")
-    fails(ex.check_resize_table, lambda t, s: F.interpolate(t[None], size=(2 * s[0] - 1, 2 * s[1] - 1), mode="bilinear")[0],
-          "align_corners=True")
-    fails(ex.check_resize_table, lambda t, s: F.interpolate(t[None], size=(2 * s[0] - 1, 2 * s[1] - 1), mode="nearest")[0],
-          "not by copying the nearest entry")
+    fails(
+        ex.check_resize_table,
+        lambda t, s: F.interpolate(t[None], size=s, mode="bilinear", align_corners=True)[0],
+        "returned shape (2, 12, 12)",
+        "(2, 23, 23)",
+    )
+    fails(
+        ex.check_resize_table,
+        lambda t, s: F.interpolate(t[None], size=(2 * s[0] - 1, 2 * s[1] - 1), mode="bilinear")[0],
+        "align_corners=True",
+    )
+    fails(
+        ex.check_resize_table,
+        lambda t, s: F.interpolate(t[None], size=(2 * s[0] - 1, 2 * s[1] - 1), mode="nearest")[0],
+        "not by copying the nearest entry",
+    )
 
 
 # chapter 7 ------------------------------------------------------------------
@@ -378,8 +469,11 @@ def round_to_bf16(x):
 def test_round_to_bf16():
     passes(ex.check_round_to_bf16, round_to_bf16)
     fails(ex.check_round_to_bf16, lambda x: (x.view(torch.int32) & -0x10000).view(torch.float32), "rounds towards zero")
-    fails(ex.check_round_to_bf16, lambda x: ((x.view(torch.int32) + 0x8000) & -0x10000).view(torch.float32),
-          "ties go to the even one")
+    fails(
+        ex.check_round_to_bf16,
+        lambda x: ((x.view(torch.int32) + 0x8000) & -0x10000).view(torch.float32),
+        "ties go to the even one",
+    )
     fails(ex.check_round_to_bf16, lambda x: x.half().float(), "that is float16")
     fails(ex.check_round_to_bf16, lambda x: x.bfloat16().float(), "made a bfloat16 tensor")
     fails(ex.check_round_to_bf16, lambda x: round_to_bf16(x).double(), "returned a torch.float64 tensor")
@@ -393,10 +487,17 @@ def shard_indices(n, world, rank):
 
 def test_shard_indices():
     passes(ex.check_shard_indices, shard_indices)
-    fails(ex.check_shard_indices, lambda n, w, r: list(range(r, n, w)), "(10, 3, 1) returned [1, 4, 7], expected [1, 4, 7, 0]",
-          "pad by repeating the first indices")
-    fails(ex.check_shard_indices, lambda n, w, r: shard_indices(n, 1, 0)[r * -(-n // w) : (r + 1) * -(-n // w)],
-          "not a consecutive block")
+    fails(
+        ex.check_shard_indices,
+        lambda n, w, r: list(range(r, n, w)),
+        "(10, 3, 1) returned [1, 4, 7], expected [1, 4, 7, 0]",
+        "pad by repeating the first indices",
+    )
+    fails(
+        ex.check_shard_indices,
+        lambda n, w, r: shard_indices(n, 1, 0)[r * -(-n // w) : (r + 1) * -(-n // w)],
+        "not a consecutive block",
+    )
     fails(ex.check_shard_indices, lambda n, w, r: list(range(r, n - n % w, w)), "pads rather than drops")
 
 
@@ -414,9 +515,16 @@ def test_ddp_gradient():
     full = lambda m, x, y, w: list(torch.autograd.grad(F.cross_entropy(m(x), y), list(m.parameters())))  # noqa: E731
     fails(ex.check_ddp_gradient, full, "gradient of 0.weight", "BatchNorm normalises each process's share")
     fails(ex.check_ddp_gradient, lambda m, x, y, w: [g * w for g in ddp_gradient(m, x, y, w)], "2 times too large")
-    fails(ex.check_ddp_gradient, lambda m, x, y, w: ddp_gradient(m, x[: len(x) // w], y[: len(y) // w], 1),
-          "the first share only")
-    fails(ex.check_ddp_gradient, lambda m, x, y, w: ddp_gradient(m, x, y, w)[:2], "returned list of length 2; return a list of 6 tensors")
+    fails(
+        ex.check_ddp_gradient,
+        lambda m, x, y, w: ddp_gradient(m, x[: len(x) // w], y[: len(y) // w], 1),
+        "the first share only",
+    )
+    fails(
+        ex.check_ddp_gradient,
+        lambda m, x, y, w: ddp_gradient(m, x, y, w)[:2],
+        "returned list of length 2; return a list of 6 tensors",
+    )
 
 
 def fsdp_state_bytes(n_params, gpus):
@@ -444,7 +552,12 @@ def scale_stage(channels, layers, width, depth):
 def test_scale_stage():
     passes(ex.check_scale_stage, lambda c, n, w, d: (int(scale_stage(c, n, w, d)[0]), int(scale_stage(c, n, w, d)[1])))
     fails(ex.check_scale_stage, lambda c, n, w, d: (round(c * w), n), "channels", "multiple of 8")
-    fails(ex.check_scale_stage, lambda c, n, w, d: (scale_stage(c, n, w, d)[0], round(n * d)), "layers", "round the number of layers *up*")
+    fails(
+        ex.check_scale_stage,
+        lambda c, n, w, d: (scale_stage(c, n, w, d)[0], round(n * d)),
+        "layers",
+        "round the number of layers *up*",
+    )
     fails(ex.check_scale_stage, lambda c, n, w, d: scale_stage(c, n, w, d)[0], "return a pair")
 
 
@@ -462,11 +575,20 @@ def shift_mask_answer(h, w, window, shift, regions=None):
 def test_shift_mask():
     passes(ex.check_shift_mask, shift_mask_answer)
     fails(ex.check_shift_mask, lambda h, w, win, s: ~shift_mask_answer(h, w, win, s), "*different* regions")
-    fails(ex.check_shift_mask, lambda h, w, win, s: torch.zeros(h // win * (w // win), win * win, win * win, dtype=torch.bool),
-          "values are wrong", "the map is shifted")
+    fails(
+        ex.check_shift_mask,
+        lambda h, w, win, s: torch.zeros(h // win * (w // win), win * win, win * win, dtype=torch.bool),
+        "values are wrong",
+        "the map is shifted",
+    )
     start = lambda win, s: lambda L: (torch.arange(L) >= win).long() + (torch.arange(L) >= s).long()  # noqa: E731
-    fails(ex.check_shift_mask, lambda h, w, win, s: shift_mask_answer(h, w, win, s, start(win, s)), "[L - window, L - shift)")
+    fails(
+        ex.check_shift_mask,
+        lambda h, w, win, s: shift_mask_answer(h, w, win, s, start(win, s)),
+        "[L - window, L - shift)",
+    )
     fails(ex.check_shift_mask, lambda h, w, win, s: shift_mask_answer(h, w, win, s).float(), "return a bool tensor")
     column_major = lambda h, w, win, s: einops.rearrange(  # noqa: E731
-        shift_mask_answer(h, w, win, s), "(a b) i j -> (b a) i j", a=h // win)
+        shift_mask_answer(h, w, win, s), "(a b) i j -> (b a) i j", a=h // win
+    )
     fails(ex.check_shift_mask, column_major, "reading order")

@@ -1,4 +1,5 @@
 """coatlib.experiments: the layout study runner and its command line."""
+
 import json
 import math
 
@@ -9,8 +10,22 @@ from coatlib.experiments import PAPER_ORDER, layouts, main
 
 def test_layouts_cli_trains_the_five_layouts_and_writes_json(tmp_path, capsys):
     out = tmp_path / "layouts.json"
-    result = main(["layouts", "--data", "same_different", "--epochs", "1", "--train-size", "64",
-                   "--test-size", "32", "--out", str(out), "--quiet"])
+    result = main(
+        [
+            "layouts",
+            "--data",
+            "same_different",
+            "--epochs",
+            "1",
+            "--train-size",
+            "64",
+            "--test-size",
+            "32",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert capsys.readouterr().out.strip() == f"wrote {out}"
     rows = result["results"]
     assert [r["layout"] for r in rows] == list(PAPER_ORDER)

@@ -4,6 +4,7 @@ sharded checkpoints, resume, activation checkpointing, the blocks they work on, 
 The 2-process runs live in ``fsdp_worker.py``; one torchrun launch serves all the tests
 here that need it, and the single-process reference trains beside it.
 """
+
 import math
 import os
 import subprocess
@@ -26,8 +27,16 @@ WORKER = Path(__file__).with_name("fsdp_worker.py")
 def fsdp_runs(tmp_path_factory):
     """The worker's results on 2 processes, and one process trained on the same global batches."""
     folder = tmp_path_factory.mktemp("fsdp")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
-               str(folder)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(WORKER),
+        str(folder),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parents[1])}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -81,8 +90,11 @@ def test_fsdp_trains_coatnet_in_bfloat16(fsdp_runs):
 def test_checkpoint_folder_of_another_model_is_refused(fsdp_runs):
     folder = fsdp_runs[0]
     other = coatlib.create_model("coatnet_pico", num_classes=2, image_size=32)
-    with pytest.raises(ValueError, match=r"written by a different model \(a CoAtNet with 303,734 parameters; "
-                                         r"this one is a CoAtNet with 311,742 parameters\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"written by a different model \(a CoAtNet with 303,734 parameters; "
+        r"this one is a CoAtNet with 311,742 parameters\)",
+    ):
         load_checkpoint(folder / "through", other)
 
 
@@ -163,7 +175,8 @@ def test_compile_trains_the_same_function():
     runs = []
     for compiled in (False, True):
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                              nn.Linear(8, 10))
+        model = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)
+        )
         runs.append(fit(model, train, None, epochs=1, batch_size=32, compile=compiled, progress=False))
     assert runs[1]["train_loss"] == pytest.approx(runs[0]["train_loss"], rel=1e-4)

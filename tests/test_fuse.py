@@ -1,4 +1,5 @@
 """coatlib.fuse: the explicit inference step, and a plain model that holds no hidden state."""
+
 import copy
 
 import pytest
@@ -66,8 +67,9 @@ def test_a_batchnorm_before_a_kxk_conv_is_not_folded():
 
 @pytest.mark.parametrize("softmax", ["pre", "post"])
 def test_fused_coatnet_equals_plain_runs_no_batchnorm_and_stores_the_bias(softmax):
-    model = calibrated(coatlib.create_model("coatnet_pico", num_classes=10, image_size=128, softmax=softmax),
-                       4, 3, 128, 128)
+    model = calibrated(
+        coatlib.create_model("coatnet_pico", num_classes=10, image_size=128, softmax=softmax), 4, 3, 128, 128
+    )
     fused = coatlib.fuse(model)
     x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():

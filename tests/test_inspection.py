@@ -1,4 +1,5 @@
 """coatlib.inspection on randomly initialised models: bias tables, attention maps, and their plots."""
+
 from __future__ import annotations
 
 import matplotlib

@@ -1,4 +1,5 @@
 """Shared layers: depthwise conv (Eq. 1), SE, DropPath, FLOPs, timing."""
+
 import time
 
 import pytest
@@ -57,7 +58,9 @@ def test_summary_reports_parameters():
     assert stats.total_params == sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("size,nearest", [(230, "height 224 or 256"), (20, "height 32, width 32"), ((224, 100), "width 96 or 128")])
+@pytest.mark.parametrize(
+    "size,nearest", [(230, "height 224 or 256"), (20, "height 32, width 32"), ((224, 100), "width 96 or 128")]
+)
 def test_image_size_error_names_the_nearest_valid_sizes(size, nearest):
     with pytest.raises(ValueError, match=nearest):
         check_image_size(size, multiple=32)

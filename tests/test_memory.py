@@ -1,9 +1,10 @@
 """coatlib.memory: the planner's activations against measured memory, its plans, advice and command line."""
+
 import pytest
 import torch
 
 import coatlib
-from coatlib.memory import GiB, activation_bytes, main, measure, plan
+from coatlib.memory import activation_bytes, main, measure, plan
 from coatlib.train import _distribute
 
 
@@ -35,8 +36,10 @@ def test_plans_shard_the_state_and_checkpointing_shrinks_activations():
 
 
 def test_coatnet_7_needs_sharding_and_says_what_to_change(capsys):
-    plans = {(p.strategy, p.precision): p for p in main(
-        ["coatnet_7", "--image-size", "512", "--batch", "4", "--gpus", "8", "--gpu-memory", "80"])}
+    plans = {
+        (p.strategy, p.precision): p
+        for p in main(["coatnet_7", "--image-size", "512", "--batch", "4", "--gpus", "8", "--gpu-memory", "80"])
+    }
     assert 2.4e9 < plans["DDP", "fp32"].params / 4 < 2.5e9
     assert not plans["DDP", "fp32"].fits and plans["FSDP+AC", "bf16"].fits
     assert "does not fit" not in capsys.readouterr().out

@@ -3,6 +3,7 @@
 Nothing here downloads: timm's models are randomly initialised (randomised BatchNorm statistics,
 large bias tables), and the Hugging Face Hub is replaced by a local file, or made unreachable.
 """
+
 from __future__ import annotations
 
 import sys
@@ -103,7 +104,9 @@ def test_pretrained_without_the_extra_fails_at_once_saying_what_to_install(monke
 
 def test_pretrained_offline_fails_at_once(no_hub):
     start = time.perf_counter()
-    with pytest.raises(ConnectionError, match=r"needs the network.*coatlib\[pretrained\].*checkpoint_path='model.safetensors'"):
+    with pytest.raises(
+        ConnectionError, match=r"needs the network.*coatlib\[pretrained\].*checkpoint_path='model.safetensors'"
+    ):
         coatlib.create_model("coatnet_0_rw", pretrained=True)
     assert time.perf_counter() - start < 5
 

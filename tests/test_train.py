@@ -1,7 +1,7 @@
 """coatlib.train: learning, reproducibility, checkpoints and resume, clear errors, CLI, torchrun."""
+
 import hashlib
 import json
-import math
 import os
 import re
 import subprocess
@@ -23,8 +23,14 @@ def tiny_cnn(num_classes=10, width=8, seed=0):
     """A small CNN with BatchNorm (buffers in the checkpoint) for 16x16 digits."""
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(3, width, 3, 2, 1), nn.BatchNorm2d(width), nn.GELU(),
-        nn.Conv2d(width, width, 3, 2, 1), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes),
+        nn.Conv2d(3, width, 3, 2, 1),
+        nn.BatchNorm2d(width),
+        nn.GELU(),
+        nn.Conv2d(width, width, 3, 2, 1),
+        nn.GELU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, num_classes),
     )
 
 
@@ -55,7 +61,9 @@ def test_coatnet_pico_learns_textures():
 
 
 def test_same_seed_same_history(digits16):
-    runs = [fit(tiny_cnn(), *digits16, epochs=2, seed=s, **{**FAST, "progress": p}) for s, p in ((0, 0), (0, 1), (1, 0))]
+    runs = [
+        fit(tiny_cnn(), *digits16, epochs=2, seed=s, **{**FAST, "progress": p}) for s, p in ((0, 0), (0, 1), (1, 0))
+    ]
     assert without_timing(runs[0]) == without_timing(runs[1])  # showing the progress bar changes nothing
     assert runs[0]["train_loss"] != runs[2]["train_loss"]  # the seed changes data order and augmentation
 
@@ -87,7 +95,14 @@ def test_resumed_run_equals_uninterrupted_run(digits16, tmp_path):
     history_a = fit(model_a, train, test, checkpoint=tmp_path / "a.pt", **settings, **FAST)
 
     with pytest.raises(Interrupted):  # crash in the middle of epoch 2
-        fit(tiny_cnn(), CrashAfter(train, 1 + len(train) * 3 // 2), test, checkpoint=tmp_path / "b.pt", **settings, **FAST)
+        fit(
+            tiny_cnn(),
+            CrashAfter(train, 1 + len(train) * 3 // 2),
+            test,
+            checkpoint=tmp_path / "b.pt",
+            **settings,
+            **FAST,
+        )
     saved = torch.load(tmp_path / "b.pt", weights_only=True)
     assert saved["epoch"] == 1 and not (tmp_path / "b.pt.tmp").exists()
 
@@ -123,10 +138,18 @@ def test_checkpoint_of_another_model_is_refused_and_kept(digits16, tmp_path):
     "make_model, data_kwargs, fit_kwargs, match",
     [
         (lambda: tiny_cnn(), {"image_size": 16}, {"batch_size": 2000}, "1437 images, fewer than one batch of 2000"),
-        (lambda: coatlib.create_model("coatnet_pico", num_classes=10, image_size=64), {"image_size": 32}, {},
-         "cannot take the training images.*built for 64x64 images but got 32x32"),
-        (lambda: coatlib.create_model("coatnet_pico", num_classes=10, image_size=32, in_chans=1), {"image_size": 32}, {},
-         "cannot take the training images.*in_chans=3"),
+        (
+            lambda: coatlib.create_model("coatnet_pico", num_classes=10, image_size=64),
+            {"image_size": 32},
+            {},
+            "cannot take the training images.*built for 64x64 images but got 32x32",
+        ),
+        (
+            lambda: coatlib.create_model("coatnet_pico", num_classes=10, image_size=32, in_chans=1),
+            {"image_size": 32},
+            {},
+            "cannot take the training images.*in_chans=3",
+        ),
         (lambda: tiny_cnn(num_classes=7), {"image_size": 16}, {}, "data needs 10 \\(one per class\\) logits"),
         (lambda: tiny_cnn(), {"image_size": 16}, {"amp": "fp16", "device": "cpu"}, "fp16.*needs a CUDA device"),
         (lambda: tiny_cnn(), {"image_size": 16}, {"amp": "fp8"}, "amp must be"),
@@ -174,8 +197,22 @@ def test_plot_history_labels_its_axes(digits16):
 
 def test_cli_writes_history_and_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--model", "coatnet_pico", "--data", "same_different", "--data-size", "64", "--test-size", "32",
-            "--batch-size", "16", "--epochs", "2", "--out", str(out)]
+    args = [
+        "--model",
+        "coatnet_pico",
+        "--data",
+        "same_different",
+        "--data-size",
+        "64",
+        "--test-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+    ]
     history = main(args)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("epoch 1/2: train loss")
@@ -200,8 +237,26 @@ def _launch(out, nproc, batch_size):
     BatchNorm, needs CUDA).
     """
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else []
-    cmd = [sys.executable, *launcher, "-m", "coatlib.train", "--model", "coatnet_pico_vitrel", "--data", "same_different",
-           "--data-size", "64", "--test-size", "64", "--epochs", "3", "--batch-size", str(batch_size), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        *launcher,
+        "-m",
+        "coatlib.train",
+        "--model",
+        "coatnet_pico_vitrel",
+        "--data",
+        "same_different",
+        "--data-size",
+        "64",
+        "--test-size",
+        "64",
+        "--epochs",
+        "3",
+        "--batch-size",
+        str(batch_size),
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 

@@ -1,4 +1,5 @@
 """The book's figures: stage tables read from built models, and what the figures draw."""
+
 import matplotlib.pyplot as plt
 import pytest
 import torch
@@ -42,7 +43,9 @@ def test_stage_table_follows_the_layout_and_the_image_size(layout):
     rows = stage_table(meta_model("coatnet_nano", layout=layout, image_size=(64, 96)))
     assert [r.kind for r in rows[1:]] == layout.split("-")
     assert [r.size for r in rows] == [(32, 48), (16, 24), (8, 12), (4, 6), (2, 3)]
-    assert sum(r.blocks for r in rows[1:]) == sum(len(stage.blocks) for stage in meta_model("coatnet_nano", layout=layout, image_size=(64, 96)).stages)
+    assert sum(r.blocks for r in rows[1:]) == sum(
+        len(stage.blocks) for stage in meta_model("coatnet_nano", layout=layout, image_size=(64, 96)).stages
+    )
 
 
 def test_stage_table_of_vit_rel():

@@ -1,4 +1,5 @@
 """load_torchvision_weights: torchvision models and their coatlib twins give the same logits."""
+
 from __future__ import annotations
 
 import math
@@ -117,7 +118,9 @@ def test_other_block_type_names_the_first_misfit(resnet_state_dicts):
 
 def test_other_number_of_classes_names_the_head(resnet_state_dicts):
     with pytest.raises(ValueError, match=r"'fc\.weight'"):
-        coatlib.load_torchvision_weights(coatlib.create_model("resnet18", num_classes=10), resnet_state_dicts["resnet18"])
+        coatlib.load_torchvision_weights(
+            coatlib.create_model("resnet18", num_classes=10), resnet_state_dicts["resnet18"]
+        )
 
 
 def test_other_family_and_depth_are_refused(torchvision):

@@ -1,4 +1,5 @@
 """The model zoo: parameter counts, shapes, sizes, errors, shared blocks, Swin's windows, torch.compile."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -105,7 +106,9 @@ def test_any_size_from_32(name):
         assert model(torch.randn(1, 3, 45, 33)).shape == (1, 4)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "efficientnet_b0", "convnext_tiny", "swin_t", "vit_ti_16"])
+@pytest.mark.parametrize(
+    "name", ["resnet18", "mobilenet_v2", "efficientnet_b0", "convnext_tiny", "swin_t", "vit_ti_16"]
+)
 def test_clear_errors_on_bad_input(name):
     model = build_meta(name)
     with pytest.raises(ValueError, match="in_chans=1"):

@@ -25,13 +25,14 @@ model with ``in_chans=1``).
 >>> len(train), train[0][0].shape, train.classes[:3]
 (1437, torch.Size([3, 32, 32]), ['0', '1', '2'])
 """
+
 from __future__ import annotations
 
 import difflib
 
 from torch.utils.data import Dataset
 
-from coatlib.data import digits, same_different, textures, torchvision_sets
+from coatlib.data import digits, textures, torchvision_sets
 from coatlib.data.base import Augment, ImageDataset, TensorImages
 from coatlib.data.same_different import SameDifferent
 
@@ -51,8 +52,16 @@ GENERATED = ("same_different",)  # take size= and seed=
 SPLITS = ("train", "test")
 
 __all__ = [
-    "load", "load_splits", "available", "DATASETS", "OFFLINE", "GENERATED",
-    "Augment", "ImageDataset", "TensorImages", "SameDifferent",
+    "load",
+    "load_splits",
+    "available",
+    "DATASETS",
+    "OFFLINE",
+    "GENERATED",
+    "Augment",
+    "ImageDataset",
+    "TensorImages",
+    "SameDifferent",
 ]
 
 
@@ -86,8 +95,12 @@ def load(name: str, split: str = "train", image_size: int | None = None, channel
 
 
 def load_splits(
-    name: str, image_size: int | None = None, channels: int = 3, train_size: int | None = None,
-    test_size: int | None = None, **options,
+    name: str,
+    image_size: int | None = None,
+    channels: int = 3,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    **options,
 ) -> tuple[Dataset, Dataset]:
     """``(train, test)`` of data set ``name``; ``train_size``/``test_size`` size a generated data set."""
     sizes = {"train": train_size, "test": test_size}

@@ -7,6 +7,7 @@ repeated ``channels=3`` times by default, so that every model's default
 ``in_chans=3`` fits; ask for ``channels=1`` and build the model with
 ``in_chans=1`` to save the repetition.
 """
+
 from __future__ import annotations
 
 import torch

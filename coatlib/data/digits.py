@@ -8,6 +8,7 @@ Images are resized bilinearly to ``image_size`` (default 32, the smallest size
 a CoAtNet takes); training images are shifted by up to ``image_size // 16``
 pixels at random (digits are not flipped: a mirrored 2 is not a 2).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

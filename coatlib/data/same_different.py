@@ -17,6 +17,7 @@ Image ``i`` of a split is drawn from its own generator seeded with
 for (default 10,000 training and 2,000 test images), and the training and
 test images come from separate random streams.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -11,6 +11,7 @@ training and 100 test crops per class, 2,400 and 600 in all. Training crops
 are augmented with the eight flips/rotations of the square and brightness and
 contrast jitter of up to 20 %.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

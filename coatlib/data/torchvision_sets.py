@@ -11,6 +11,7 @@ message that names the data sets bundled with coatlib's dependencies.
   easy ImageNet classes (fast.ai), the 160-pixel version (about 100 MB),
   centre-cropped to a square and resized to ``image_size`` (default 128).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -8,6 +8,7 @@ C-C-C-C, C-C-C-T, C-T-T-T and ViT-Rel. Configs mirror the paper's Table 3
 (CoAtNet-0..4) and Table 14 (5..7). The blocks themselves are in
 :mod:`coatlib.blocks`.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict

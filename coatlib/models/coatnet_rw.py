@@ -50,6 +50,7 @@ weights; the paper's blocks stay as they are, and the differences live here.
 no activation after the pre-norm, SE after the depthwise BatchNorm with SiLU,
 and biases on the MBConv's 1x1 convs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,8 +60,17 @@ import torch.nn as nn
 
 from coatlib.attention import RelativeAttention, num_heads_for
 from coatlib.layers import (
-    ConvNormAct, DepthwiseConv, DropPath, LayerNorm2d, Layer, Mlp, SqueezeExcite, conv1x1, drop_path_rates,
-    init_weights, make_pool,
+    ConvNormAct,
+    DepthwiseConv,
+    DropPath,
+    Layer,
+    LayerNorm2d,
+    Mlp,
+    SqueezeExcite,
+    conv1x1,
+    drop_path_rates,
+    init_weights,
+    make_pool,
 )
 from coatlib.models.coatnet import CoAtNet, Stage, _grouped, check_coatnet_size
 from coatlib.registry import register_model
@@ -86,8 +96,15 @@ class RwConfig:
 
 RW_CONFIGS: dict[str, RwConfig] = {
     "coatnet_nano_rw": RwConfig(
-        (32, 64), (3, 4, 6, 3), (64, 128, 256, 512), down="pool", pre_norm_act=False, se_early=False,
-        se_act="silu", conv_bias=True, attn_shortcut_bias=True,
+        (32, 64),
+        (3, 4, 6, 3),
+        (64, 128, 256, 512),
+        down="pool",
+        pre_norm_act=False,
+        se_early=False,
+        se_act="silu",
+        conv_bias=True,
+        attn_shortcut_bias=True,
     ),
     "coatnet_0_rw": RwConfig((32, 64), (2, 3, 7, 2), (96, 192, 384, 768), down="pool"),
     "coatnet_1_rw": RwConfig((32, 64), (2, 6, 14, 2), (96, 192, 384, 768)),
@@ -96,7 +113,12 @@ RW_CONFIGS: dict[str, RwConfig] = {
         (64, 128), (2, 6, 14, 2), (128, 256, 512, 1024), se_early=False, se_act="silu", attn_shortcut_bias=True
     ),
     "coatnet_3_rw": RwConfig(
-        (96, 192), (2, 6, 14, 2), (192, 384, 768, 1536), se_early=False, se_act="silu", attn_shortcut_bias=True,
+        (96, 192),
+        (2, 6, 14, 2),
+        (192, 384, 768, 1536),
+        se_early=False,
+        se_act="silu",
+        attn_shortcut_bias=True,
         layer_scale=1e-6,
     ),
 }
@@ -189,7 +211,12 @@ class RwTransformerBlock(nn.Module):
     """
 
     def __init__(
-        self, in_dim: int, out_dim: int, map_size: tuple[int, int], config: RwConfig, stride: int = 1,
+        self,
+        in_dim: int,
+        out_dim: int,
+        map_size: tuple[int, int],
+        config: RwConfig,
+        stride: int = 1,
         drop_path: float = 0.0,
     ):
         super().__init__()
@@ -280,7 +307,8 @@ class RwCoAtNet(nn.Module):
         if strict and (result.missing_keys or result.unexpected_keys):
             raise RuntimeError(
                 f"this state dict does not fit {type(self).__name__} {self.config_name()}:\n"
-                + _grouped("missing", result.missing_keys) + _grouped("unexpected", result.unexpected_keys)
+                + _grouped("missing", result.missing_keys)
+                + _grouped("unexpected", result.unexpected_keys)
                 + "is it from another model? Build the model it was saved from (create_model(name, ...)), "
                 "or pass strict=False to load only the matching keys."
             )

@@ -7,6 +7,7 @@ by LayerNorm + 2x2 stride-2 convs, and blocks made of a 7x7 depthwise conv
 (coatlib's ``Mlp``, 4x wide, GELU) scaled by a learnable per-channel layer
 scale (Fig. 4). Configs: section 3 of the paper (T/S/B/L at 224).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -16,7 +17,14 @@ import torch
 import torch.nn as nn
 
 from coatlib.layers import (
-    DepthwiseConv, DropPath, LayerNorm2d, Mlp, check_image_size, check_images, drop_path_rates, init_weights,
+    DepthwiseConv,
+    DropPath,
+    LayerNorm2d,
+    Mlp,
+    check_image_size,
+    check_images,
+    drop_path_rates,
+    init_weights,
 )
 from coatlib.registry import register_model
 
@@ -81,7 +89,9 @@ class ConvNeXt(nn.Module):
         rates = iter(drop_path_rates(rate, sum(config.depths)))
         stages = []
         for s, depth in enumerate(config.depths):
-            downsample = nn.Sequential(LayerNorm2d(C[s - 1], eps=1e-6), nn.Conv2d(C[s - 1], C[s], 2, 2)) if s else nn.Identity()
+            downsample = (
+                nn.Sequential(LayerNorm2d(C[s - 1], eps=1e-6), nn.Conv2d(C[s - 1], C[s], 2, 2)) if s else nn.Identity()
+            )
             blocks = nn.Sequential(*[ConvNeXtBlock(C[s], next(rates), layer_scale) for _ in range(depth)])
             stages.append(nn.Sequential(OrderedDict(downsample=downsample, blocks=blocks)))
         self.stages = nn.Sequential(*stages)

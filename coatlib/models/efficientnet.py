@@ -17,6 +17,7 @@ Both reuse MobileNet's ``ConvNet`` skeleton and torchvision's module names.
 Stochastic depth (``drop_path_rate``, default 0.2 as in the papers' training)
 acts on the residual blocks only.
 """
+
 from __future__ import annotations
 
 import math
@@ -142,7 +143,9 @@ class EfficientNet(ConvNet):
         head = config.head or 4 * c
         features.append(ConvNormAct(c, head, 1, norm_layer=norm, act_layer=SiLU))
         dropout = config.dropout if dropout is None else dropout
-        super().__init__(features, nn.Sequential(nn.Dropout(dropout), nn.Linear(head, num_classes)), in_chans, image_size)
+        super().__init__(
+            features, nn.Sequential(nn.Dropout(dropout), nn.Linear(head, num_classes)), in_chans, image_size
+        )
         self.config = config
 
 

@@ -15,6 +15,7 @@ All three share one skeleton, ``ConvNet``: ``features`` (stem conv, blocks, a
 final 1x1 conv), global average pooling and a ``classifier``; EfficientNet
 reuses it too. Module names follow torchvision's.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -26,7 +27,13 @@ import torch.nn as nn
 
 from coatlib.blocks import InvertedResidual
 from coatlib.layers import (
-    ConvNormAct, Layer, check_image_size, check_images, drop_path_rates, init_weights, make_divisible,
+    ConvNormAct,
+    Layer,
+    check_image_size,
+    check_images,
+    drop_path_rates,
+    init_weights,
+    make_divisible,
 )
 from coatlib.registry import register_model
 
@@ -103,7 +110,12 @@ class MobileNetV2(ConvNet):
     blocks (``InvertedResidual``, ReLU6, stride on the depthwise conv), a 1x1 conv to 1280, dropout 0.2."""
 
     def __init__(
-        self, num_classes: int = 1000, image_size=224, in_chans: int = 3, dropout: float = 0.2, drop_path_rate: float = 0.0
+        self,
+        num_classes: int = 1000,
+        image_size=224,
+        in_chans: int = 3,
+        dropout: float = 0.2,
+        drop_path_rate: float = 0.0,
     ):
         features: list[nn.Module] = [ConvNormAct(in_chans, 32, 3, 2, act_layer=ReLU6)]
         rates = iter(drop_path_rates(drop_path_rate, sum(n for _, _, n, _ in V2_ROWS), endpoint=False))
@@ -115,7 +127,9 @@ class MobileNetV2(ConvNet):
                 ))  # fmt: skip
                 c = out
         features.append(ConvNormAct(c, 1280, 1, act_layer=ReLU6))
-        super().__init__(features, nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes)), in_chans, image_size)
+        super().__init__(
+            features, nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes)), in_chans, image_size
+        )
 
 
 # ---------------------------------------------------------------- MobileNet V3

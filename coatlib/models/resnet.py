@@ -6,6 +6,7 @@ stages 2..4 open with a stride-2 block (56 -> 28 -> 14 -> 7). The configs
 mirror the paper's Table 1. As in torchvision ("ResNet v1.5") a bottleneck
 block down-samples on its 3x3 conv, not on its first 1x1 conv as the paper does.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -11,6 +11,7 @@ inside the window (Eq. 4): exactly CoAtNet's relative attention, applied to
 windows, so ``WindowAttention`` subclasses ``coatlib.attention.RelativeAttention``.
 Configs: the paper's Table 7 (Swin-T/S/B at 224, window 7).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -70,6 +71,7 @@ def shift_mask(height: int, width: int, window: int, shift: tuple[int, int], dev
     to each other. Along each axis the regions are ``[0, P-w)``, ``[P-w, P-s)``,
     ``[P-s, P)`` for a padded length ``P`` and shift ``s``.
     """
+
     def regions(length: int, s: int) -> torch.Tensor:
         p = torch.arange(length, device=device)
         return (p >= length - window).long() + (p >= length - s).long()  # s = 0: each window in one region

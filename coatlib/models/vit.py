@@ -11,6 +11,7 @@ the paper's Table 1; Ti/16 and S/16 are DeiT's sizes (Touvron et al. 2021,
 The encoder block here (``EncoderBlock``) takes its attention module as an
 argument: Swin reuses it with window attention.
 """
+
 from __future__ import annotations
 
 import math

@@ -37,6 +37,7 @@ them, and the coursework tools build the student edition on them):
   whose output legitimately varies (timings, training logs) starts with the
   line ``# NBVAL_IGNORE_OUTPUT``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,9 +58,7 @@ def find_root(start: str | Path | None = None) -> Path:
     for folder in (here, *here.parents):
         if (folder / "_config.yml").is_file() and (folder / "_toc.yml").is_file():
             return folder
-    raise FileNotFoundError(
-        f"no _config.yml and _toc.yml at or above {here}: run this from the book's repository root"
-    )
+    raise FileNotFoundError(f"no _config.yml and _toc.yml at or above {here}: run this from the book's repository root")
 
 
 def _load_yaml(path: Path) -> dict:
@@ -143,7 +142,10 @@ def execute(path: Path, install: str, timeout: int = 600) -> float:
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
     start = time.perf_counter()
     client = nbclient.NotebookClient(
-        nb, timeout=timeout, kernel_name=KERNELSPEC["name"], record_timing=False,
+        nb,
+        timeout=timeout,
+        kernel_name=KERNELSPEC["name"],
+        record_timing=False,
         resources={"metadata": {"path": str(path.parent)}},
     )
     client.execute()

@@ -29,6 +29,7 @@ nearest ``{exercise}`` label (or ``{solution-start}``/``{solution}`` argument)
 above it; an exercise passes when every check its cells call reported
 ``correct``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -204,7 +205,10 @@ def student_notebook(nb):
         raise ValueError("a {solution-start} is never closed: add a {solution-end} cell after the solution")
     nb.cells = cells
     plan, _ = grading_plan(nb)
-    nb.metadata[METADATA_KEY] = {"edition": "student", "checks": {label: _checks_of(nb, cells) for label, cells in plan.items()}}
+    nb.metadata[METADATA_KEY] = {
+        "edition": "student",
+        "checks": {label: _checks_of(nb, cells) for label, cells in plan.items()},
+    }
     return nb
 
 
@@ -289,7 +293,11 @@ def grading_plan(nb) -> tuple[dict[str, list[int]], list[str]]:
                 if found := exercise_label(directive):
                     label = found
                     labels[label] = None  # an ordered set
-        elif cell.cell_type == "code" and SOLUTION_TAG not in cell.metadata.get("tags", []) and called_checks(cell.source):
+        elif (
+            cell.cell_type == "code"
+            and SOLUTION_TAG not in cell.metadata.get("tags", [])
+            and called_checks(cell.source)
+        ):
             plan.setdefault(label or "(before any exercise)", []).append(index)
     return plan, [name for name in labels if name not in plan]
 
@@ -306,7 +314,10 @@ def _execute(nb, folder: Path, timeout: float) -> str | None:
 
     deadline = time.monotonic() + timeout
     client = NotebookClient(
-        nb, allow_errors=True, kernel_name=KERNELSPEC["name"], record_timing=False,
+        nb,
+        allow_errors=True,
+        kernel_name=KERNELSPEC["name"],
+        record_timing=False,
         resources={"metadata": {"path": str(folder)}},
         timeout_func=lambda cell: max(deadline - time.monotonic(), 0.01),  # 0 would mean "no limit"
     )
@@ -379,7 +390,9 @@ def format_report(results: list[NotebookResult]) -> str:
     lines = []
     for r in results:
         status = f"{r.passed} of {len(r.exercises)} exercises passed"
-        lines.append(f"{r.path}: {status} ({r.seconds:.1f} s)" + (f"; NOT GRADED TO THE END: {r.problem}" if r.problem else ""))
+        lines.append(
+            f"{r.path}: {status} ({r.seconds:.1f} s)" + (f"; NOT GRADED TO THE END: {r.problem}" if r.problem else "")
+        )
         width = max((len(e.label) for e in r.exercises), default=0)
         for e in r.exercises:
             verdict = "passed" if e.passed else "FAILED"

@@ -55,8 +55,8 @@ from coatlib.teaching.exercises.ch6_family import check_scale_stage, check_shift
 from coatlib.teaching.exercises.ch7_scaling import (
     check_channels_last_strides,
     check_ddp_gradient,
-    check_round_to_bf16,
     check_fsdp_state_bytes,
+    check_round_to_bf16,
     check_shard_indices,
 )
 

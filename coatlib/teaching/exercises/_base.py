@@ -1,4 +1,5 @@
 """What every check shares: the report, the registry ``CHECKS`` and the comparisons."""
+
 from __future__ import annotations
 
 import functools
@@ -42,7 +43,9 @@ def _check(body: Callable[[Callable], None]) -> Callable[..., CheckResult]:
     def check(fn: Callable, verbose: bool = True) -> CheckResult:
         try:
             if not callable(fn):
-                raise Wrong(f"expected your function, got {type(fn).__name__}: pass the function itself, without calling it.")
+                raise Wrong(
+                    f"expected your function, got {type(fn).__name__}: pass the function itself, without calling it."
+                )
             body(fn)
             result = CheckResult(name, True, "correct")
         except Wrong as e:

@@ -1,4 +1,5 @@
 """Checks for the exercises of chapter 1: depthwise convolution."""
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -30,14 +31,24 @@ def check_depthwise_conv(fn: Callable) -> None:
         want = F.conv2d(x, w, padding=p, groups=C)
         got = _call(fn, x.clone(), w.clone())
         hints: list[Hint] = [
-            (F.conv2d(x, w, groups=C), f"no padding: pad x with k // 2 = {p} zeros on every side, so that the output keeps the input's size."),
-            (F.conv2d(x, w.flip(-2, -1), padding=p, groups=C),
-             "you flipped the kernel. PyTorch's conv2d (and this book) does not flip: "
-             "y[c, r, s] = sum over a, b of w[c, 0, a, b] * x[c, r + a - k//2, s + b - k//2]."),
+            (
+                F.conv2d(x, w, groups=C),
+                f"no padding: pad x with k // 2 = {p} zeros on every side, so that the output keeps the input's size.",
+            ),
+            (
+                F.conv2d(x, w.flip(-2, -1), padding=p, groups=C),
+                "you flipped the kernel. PyTorch's conv2d (and this book) does not flip: "
+                "y[c, r, s] = sum over a, b of w[c, 0, a, b] * x[c, r + a - k//2, s + b - k//2].",
+            ),
             (F.conv2d(x, w.transpose(-2, -1), padding=p, groups=C), "rows and columns of the kernel are swapped."),
-            (F.conv2d(x.sum(1, keepdim=True).expand(-1, C, -1, -1), w, padding=p, groups=C),
-             "you summed over the input channels. Depthwise means output channel c sees input channel c only."),
-            (F.conv2d(x, w[:1].expand(C, -1, -1, -1), padding=p, groups=C), "every channel used the kernel of channel 0; channel c uses weight[c, 0]."),
+            (
+                F.conv2d(x.sum(1, keepdim=True).expand(-1, C, -1, -1), w, padding=p, groups=C),
+                "you summed over the input channels. Depthwise means output channel c sees input channel c only.",
+            ),
+            (
+                F.conv2d(x, w[:1].expand(C, -1, -1, -1), padding=p, groups=C),
+                "every channel used the kernel of channel 0; channel c uses weight[c, 0].",
+            ),
             lambda got, bad: _border_only(bad, p),
         ]
         call = f"{_name(fn)}(x, weight) with x of shape {(B, C, H, W)} and a {k}x{k} kernel"
@@ -65,8 +76,14 @@ def check_mbconv_macs(fn: Callable) -> None:
         convs = h * w * (c * e + e * k * k + e * c)
         hints = [
             (convs, "add the squeeze-excitation: two 1x1 convs (4c -> c/4 -> 4c) on the pooled vector."),
-            (convs + h * w * 2 * e * r, "squeeze-excitation runs once per image, on the averaged vector, not at every position."),
-            (h * w * (c * e + c * k * k + e * c) + 2 * e * r, "the depthwise conv runs on the expanded 4c channels, not on c."),
+            (
+                convs + h * w * 2 * e * r,
+                "squeeze-excitation runs once per image, on the averaged vector, not at every position.",
+            ),
+            (
+                h * w * (c * e + c * k * k + e * c) + 2 * e * r,
+                "the depthwise conv runs on the expanded 4c channels, not on c.",
+            ),
             (h * w * e * k * k + 2 * e * r, "add the two 1x1 convs: the expansion c -> 4c and the projection 4c -> c."),
             (h * w * c * c * k * k, "that is a standard k x k convolution from c to c channels."),
         ]
@@ -87,16 +104,28 @@ def receptive_field(kernel_sizes: Sequence[int], strides: Sequence[int]) -> int:
 def check_receptive_field(fn: Callable) -> None:
     """``fn(kernel_sizes, strides)``: receptive field (in input pixels, along one axis) of one output
     of a stack of convolutions applied in order."""
-    cases = [([3], [1]), ([3, 3, 3], [1, 1, 1]), ([3, 3, 3], [2, 2, 1]), ([7, 3, 3, 3], [2, 2, 1, 1]), ([5, 3], [1, 2]), ([2, 3, 3], [2, 1, 2])]
+    cases = [
+        ([3], [1]),
+        ([3, 3, 3], [1, 1, 1]),
+        ([3, 3, 3], [2, 2, 1]),
+        ([7, 3, 3, 3], [2, 2, 1, 1]),
+        ([5, 3], [1, 2]),
+        ([2, 3, 3], [2, 1, 2]),
+    ]
     for ks, ss in cases:
         want = receptive_field(ks, ss)
         steps_after = [1]
         for s in ss:
             steps_after.append(steps_after[-1] * s)
         hints = [
-            (1 + sum(k - 1 for k in ks), "the strides matter: after a stride-2 layer, neighbouring inputs of the next layer are 2 pixels apart."),
-            (1 + sum((k - 1) * st for k, st in zip(ks, steps_after[1:])),
-             "a layer's own stride does not widen its own window; it spreads the inputs of the layers after it."),
+            (
+                1 + sum(k - 1 for k in ks),
+                "the strides matter: after a stride-2 layer, neighbouring inputs of the next layer are 2 pixels apart.",
+            ),
+            (
+                1 + sum((k - 1) * st for k, st in zip(ks, steps_after[1:])),
+                "a layer's own stride does not widen its own window; it spreads the inputs of the layers after it.",
+            ),
             (sum(ks), "a stack of two 3x3 convs sees 5 pixels, not 6: each layer adds k - 1."),
         ]
         _compare_number(_call(fn, list(ks), list(ss)), want, f"{_name(fn)}({ks}, {ss})", hints)

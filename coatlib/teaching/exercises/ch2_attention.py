@@ -1,4 +1,5 @@
 """Checks for the exercises of chapter 2: self-attention."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -38,22 +39,30 @@ def check_masked_attention(fn: Callable) -> None:
         q, k, v = _randn(g, *q_shape), _randn(g, *kv_shape), _randn(g, *kv_shape)
         keep = torch.rand(q_shape[-2], kv_shape[-2], generator=g) < p
         keep[0] = False  # the first query keeps no key at all
-        keep[1] = True   # the second keeps every key
+        keep[1] = True  # the second keeps every key
         want = masked_attention(q, k, v, keep)
         scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
         hints = [
-            ((scores * keep).softmax(-1) @ v,
-             "a score of 0 does not remove a key (exp(0) = 1): set the masked scores to -inf before the softmax."),
-            ((scores.softmax(-1) * keep) @ v,
-             "zeroing weights after the softmax leaves rows that no longer sum to 1: mask the scores, before the softmax."),
-            (scores.masked_fill(keep, float("-inf")).softmax(-1).nan_to_num(0.0) @ v,
-             "keep[i, j] = True means query i may attend to key j: mask where keep is False."),
+            (
+                (scores * keep).softmax(-1) @ v,
+                "a score of 0 does not remove a key (exp(0) = 1): set the masked scores to -inf before the softmax.",
+            ),
+            (
+                (scores.softmax(-1) * keep) @ v,
+                "zeroing weights after the softmax leaves rows that no longer sum to 1: mask the scores, before the softmax.",
+            ),
+            (
+                scores.masked_fill(keep, float("-inf")).softmax(-1).nan_to_num(0.0) @ v,
+                "keep[i, j] = True means query i may attend to key j: mask where keep is False.",
+            ),
             (masked_attention(q * q.shape[-1] ** 0.5, k, v, keep), "divide the scores by sqrt(d) before the softmax."),
         ]
 
         def nan_hint(got, bad):
             if torch.isnan(got).any():
-                return "a query whose keys are all masked gets a softmax of -inf only, which is NaN: return zeros for it."
+                return (
+                    "a query whose keys are all masked gets a softmax of -inf only, which is NaN: return zeros for it."
+                )
             return None
 
         call = f"{_name(fn)}(q, k, v, keep) with q of shape {q_shape}, k and v of shape {kv_shape}"
@@ -74,9 +83,14 @@ def check_patchify(fn: Callable) -> None:
         h, w = H // p, W // p
         patches = x.reshape(B, C, h, p, w, p)
         hints = [
-            (patches.permute(0, 2, 4, 3, 5, 1).reshape(B, h * w, C * p * p),
-             "each patch must be flattened channel first, in the (C, p, p) order of nn.Conv2d's weight; yours is (p, p, C)."),
-            (patches.permute(0, 4, 2, 1, 3, 5).reshape(B, h * w, C * p * p), "list the patches row by row (left to right, then down); yours go column by column."),
+            (
+                patches.permute(0, 2, 4, 3, 5, 1).reshape(B, h * w, C * p * p),
+                "each patch must be flattened channel first, in the (C, p, p) order of nn.Conv2d's weight; yours is (p, p, C).",
+            ),
+            (
+                patches.permute(0, 4, 2, 1, 3, 5).reshape(B, h * w, C * p * p),
+                "list the patches row by row (left to right, then down); yours go column by column.",
+            ),
             (want.transpose(1, 2), "tokens go along dimension 1: return (B, N, C*p*p)."),
         ]
         call = f"{_name(fn)}(images, {p}) with images of shape {(B, C, H, W)}"
@@ -90,9 +104,18 @@ def check_attention_macs(fn: Callable) -> None:
     for n, dim in [(196, 64), (49, 256), (1024, 32), (16, 96)]:
         want = count_macs(MultiHeadAttention(dim), torch.zeros(1, n, dim))
         hints = [
-            (4 * n * dim * dim, "that is the four projections only; add the attention products q k^T and A v, which grow with n^2."),
-            (2 * n * n * dim, "that is the attention products only; add the projections (q, k, v and the output: 4 n dim^2)."),
+            (
+                4 * n * dim * dim,
+                "that is the four projections only; add the attention products q k^T and A v, which grow with n^2.",
+            ),
+            (
+                2 * n * n * dim,
+                "that is the attention products only; add the projections (q, k, v and the output: 4 n dim^2).",
+            ),
             (3 * n * dim * dim + 2 * n * n * dim, "you left out the output projection (a dim x dim linear layer)."),
-            (4 * n * dim * dim + n * n * dim, "there are two attention products: q k^T (n x n scores) and A v; each costs n^2 dim."),
+            (
+                4 * n * dim * dim + n * n * dim,
+                "there are two attention products: q k^T (n x n scores) and A v; each costs n^2 dim.",
+            ),
         ]
         _compare_number(_call(fn, n, dim), want, f"{_name(fn)}({n}, {dim})", hints)

@@ -1,4 +1,5 @@
 """Checks for the exercises of chapter 3: relative attention."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -25,10 +26,15 @@ def check_relative_index(fn: Callable) -> None:
         dy = ys.flatten()[:, None] - ys.flatten()[None, :]
         dx = xs.flatten()[:, None] - xs.flatten()[None, :]
         hints = [
-            ((dy + H - 1) * W + (dx + W - 1),
-             "rows of the table are 2W - 1 entries long, not W: with stride W distinct offsets share an entry."),
+            (
+                (dy + H - 1) * W + (dx + W - 1),
+                "rows of the table are 2W - 1 entries long, not W: with stride W distinct offsets share an entry.",
+            ),
             (want.T, "the bias is w[i - j]: use pos(i) - pos(j) (query minus key), not pos(j) - pos(i)."),
-            (dy * (2 * W - 1) + dx, "offsets run from -(H-1) to H-1: add H - 1 to dy and W - 1 to dx so that indices start at 0."),
+            (
+                dy * (2 * W - 1) + dx,
+                "offsets run from -(H-1) to H-1: add H - 1 to dy and W - 1 to dx so that indices start at 0.",
+            ),
             ((dy + H - 1) * (2 * H - 1) + (dx + W - 1), "the row stride is 2W - 1 (the table's width), not 2H - 1."),
         ]
         _compare(_call(fn, H, W), want, f"{_name(fn)}({H}, {W})", ("query", "key"), hints)
@@ -65,12 +71,18 @@ def check_clipped_bias(fn: Callable) -> None:
         rows, cols = torch.arange(H * W) // W, torch.arange(H * W) % W
         dy, dx = rows[:, None] - rows[None, :], cols[:, None] - cols[None, :]
         hints = [
-            (clipped_bias(table.flip(-2, -1), H, W),
-             "the bias is w[i - j]: use pos(i) - pos(j) (query minus key), not pos(j) - pos(i)."),
-            (table[:, dy.clamp(-K, K), dx.clamp(-L, L)],
-             "offsets run from -K to K: add K (and L) so that offset -K is entry 0; negative indices wrap around."),
-            (table[:, (dy % (2 * K + 1)), (dx % (2 * L + 1))],
-             "clip the offsets into -K..K with clamp; wrapping them around (%) gives far tokens a near token's bias."),
+            (
+                clipped_bias(table.flip(-2, -1), H, W),
+                "the bias is w[i - j]: use pos(i) - pos(j) (query minus key), not pos(j) - pos(i).",
+            ),
+            (
+                table[:, dy.clamp(-K, K), dx.clamp(-L, L)],
+                "offsets run from -K to K: add K (and L) so that offset -K is entry 0; negative indices wrap around.",
+            ),
+            (
+                table[:, (dy % (2 * K + 1)), (dx % (2 * L + 1))],
+                "clip the offsets into -K..K with clamp; wrapping them around (%) gives far tokens a near token's bias.",
+            ),
         ]
         call = f"{_name(fn)}(table of shape {tuple(table.shape)}, {H}, {W})"
         _compare(_call(fn, table, H, W), want, call, ("head", "query", "key"), hints)
@@ -83,14 +95,21 @@ def check_static_kernel(fn: Callable) -> None:
     g = torch.Generator().manual_seed(4)
     for H, W, row, col in [(3, 3, 1, 1), (4, 5, 0, 0), (5, 4, 3, 1)]:
         table = _randn(g, 2 * H - 1, 2 * W - 1)
-        window = table[row : row + H, col : col + W].flip(0, 1)  # entry [jy, jx] = table[row - jy + H-1, col - jx + W-1]
+        window = table[row : row + H, col : col + W].flip(
+            0, 1
+        )  # entry [jy, jx] = table[row - jy + H-1, col - jx + W-1]
         want = window.flatten().softmax(0).view(H, W)
         flipped = table[H - 1 - row : 2 * H - 1 - row, W - 1 - col : 2 * W - 1 - col]
         hints = [
             (window, "apply the softmax over the H x W positions: the weights of one query sum to 1."),
-            (flipped.flatten().softmax(0).view(H, W), "the weight of key j is w[i - j] (query minus key); yours is w[j - i]."),
-            (table.flatten().softmax(0).view_as(table)[row : row + H, col : col + W].flip(0, 1),
-             "normalise over the H x W positions of the map only, not over the whole table."),
+            (
+                flipped.flatten().softmax(0).view(H, W),
+                "the weight of key j is w[i - j] (query minus key); yours is w[j - i].",
+            ),
+            (
+                table.flatten().softmax(0).view_as(table)[row : row + H, col : col + W].flip(0, 1),
+                "normalise over the H x W positions of the map only, not over the whole table.",
+            ),
         ]
         call = f"{_name(fn)}(table, {row}, {col}) for a {H}x{W} map"
         _compare(_call(fn, table, row, col), want, call, ("row", "col"), hints)

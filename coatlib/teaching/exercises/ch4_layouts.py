@@ -1,4 +1,5 @@
 """Checks for the exercises of chapter 4: vertical layouts."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -32,15 +33,28 @@ def check_attention_memory(fn: Callable) -> None:
         want = weights.numel() * weights.element_size()
         heads, n = width // 32, side * side
         hints = [
-            (batch * n * n * 4, f"every head has its own N x N matrix: multiply by the number of heads, width / 32 = {heads}."),
-            (batch * heads * n * 4, "the weights pair every position with every position: N x N numbers per head, not N."),
+            (
+                batch * n * n * 4,
+                f"every head has its own N x N matrix: multiply by the number of heads, width / 32 = {heads}.",
+            ),
+            (
+                batch * heads * n * 4,
+                "the weights pair every position with every position: N x N numbers per head, not N.",
+            ),
             (batch * heads * n * n, "a float32 number takes 4 bytes."),
             (heads * n * n * 4, "every image of the batch has its own weights: multiply by the batch size."),
-            (batch * heads * (4 * n) ** 2 * 4,
-             f"S{stage} works on a map of image_size / 2**(stage + 1) = {side} pixels a side: the stem halves the image first."),
-            (batch * heads * (n // 4) ** 2 * 4, f"S{stage} works on a map of image_size / 2**(stage + 1) = {side} pixels a side."),
+            (
+                batch * heads * (4 * n) ** 2 * 4,
+                f"S{stage} works on a map of image_size / 2**(stage + 1) = {side} pixels a side: the stem halves the image first.",
+            ),
+            (
+                batch * heads * (n // 4) ** 2 * 4,
+                f"S{stage} works on a map of image_size / 2**(stage + 1) = {side} pixels a side.",
+            ),
         ]
-        _compare_number(_call(fn, image_size, stage, width, batch), want, f"{_name(fn)}{(image_size, stage, width, batch)}", hints)
+        _compare_number(
+            _call(fn, image_size, stage, width, batch), want, f"{_name(fn)}{(image_size, stage, width, batch)}", hints
+        )
 
 
 @_check
@@ -55,12 +69,23 @@ def check_window_attention_macs(fn: Callable) -> None:
         want = count_macs(layer, torch.zeros(1, h, w, dim))
         n = h * w
         hints = [
-            (4 * n * dim * dim + 2 * n * n * dim,
-             "that is global attention over all N = height x width positions; in a window every query sees window^2 keys only."),
-            (2 * n * window * window * dim, "that is the attention products only; add the four projections (q, k, v and output: 4 N dim^2)."),
-            (4 * n * dim * dim, "that is the projections only; add q k^T and A v inside the windows (N window^2 dim each)."),
+            (
+                4 * n * dim * dim + 2 * n * n * dim,
+                "that is global attention over all N = height x width positions; in a window every query sees window^2 keys only.",
+            ),
+            (
+                2 * n * window * window * dim,
+                "that is the attention products only; add the four projections (q, k, v and output: 4 N dim^2).",
+            ),
+            (
+                4 * n * dim * dim,
+                "that is the projections only; add q k^T and A v inside the windows (N window^2 dim each).",
+            ),
             (4 * n * dim * dim + 2 * n * window * dim, "a window holds window x window = window^2 tokens, not window."),
-            (4 * n * dim * dim + n * window * window * dim, "there are two attention products, q k^T and A v, each N window^2 dim."),
+            (
+                4 * n * dim * dim + n * window * window * dim,
+                "there are two attention products, q k^T and A v, each N window^2 dim.",
+            ),
         ]
         _compare_number(_call(fn, h, w, window, dim), want, f"{_name(fn)}{(h, w, window, dim)}", hints)
 
@@ -74,12 +99,23 @@ def check_window_partition(fn: Callable) -> None:
     for B, H, W, C, w in [(2, 4, 6, 3, 2), (1, 6, 6, 2, 3), (2, 8, 4, 5, 4)]:
         x = _randn(g, B, H, W, C)
         want = window_partition(x, w)
-        grid = x.view(B, H // w, w, W // w, w, C)  # (batch, window row, row in window, window column, column in window, C)
+        grid = x.view(
+            B, H // w, w, W // w, w, C
+        )  # (batch, window row, row in window, window column, column in window, C)
         hints = [
-            (x.reshape(-1, w * w, C), "a plain reshape cuts each image into strips of whole rows; split H into (H/window, window) "
-             "and W into (W/window, window), and bring the two in-window axes together before flattening."),
-            (grid.permute(0, 3, 1, 2, 4, 5).reshape(-1, w * w, C), "list the windows row by row (left to right, then down); yours go column by column."),
-            (grid.permute(0, 1, 3, 4, 2, 5).reshape(-1, w * w, C), "list the tokens inside a window row by row; yours go column by column."),
+            (
+                x.reshape(-1, w * w, C),
+                "a plain reshape cuts each image into strips of whole rows; split H into (H/window, window) "
+                "and W into (W/window, window), and bring the two in-window axes together before flattening.",
+            ),
+            (
+                grid.permute(0, 3, 1, 2, 4, 5).reshape(-1, w * w, C),
+                "list the windows row by row (left to right, then down); yours go column by column.",
+            ),
+            (
+                grid.permute(0, 1, 3, 4, 2, 5).reshape(-1, w * w, C),
+                "list the tokens inside a window row by row; yours go column by column.",
+            ),
         ]
         call = f"{_name(fn)}(x, {w}) with x of shape {(B, H, W, C)}"
         _compare(_call(fn, x, w), want, call, ("window", "token", "channel"), hints)

@@ -1,4 +1,5 @@
 """Checks for the exercises of chapter 5: coatnet."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -37,21 +38,36 @@ def check_bias_params(fn: Callable) -> None:
     ``image_size`` pixels."""
     from coatlib.models.coatnet import CONFIGS
 
-    for name, size in [("coatnet_0", 224), ("coatnet_0", 384), ("coatnet_2", 512), ("coatnet_5", 512),
-                       ("coatnet_pico", 64)]:
+    for name, size in [
+        ("coatnet_0", 224),
+        ("coatnet_0", 384),
+        ("coatnet_2", 512),
+        ("coatnet_5", 512),
+        ("coatnet_pico", 64),
+    ]:
         config = CONFIGS[name]
         want = bias_params(config, size)
         s3, s4 = size // 16, size // 32
         d3, d4 = config.depths[2:]
         h3, h4 = (w // config.head_dim for w in config.widths[2:])
         hints = [
-            (d3 * (config.widths[2] // 32) * (2 * s3 - 1) ** 2 + d4 * (config.widths[3] // 32) * (2 * s4 - 1) ** 2,
-             "the number of heads is width / config.head_dim; not every configuration has heads of 32."),
-            (d3 * h3 * s3 * s3 + d4 * h4 * s4 * s4,
-             "one entry per offset: an H x W map has (2H-1) x (2W-1) offsets, not H x W."),
-            (h3 * (2 * s3 - 1) ** 2 + h4 * (2 * s4 - 1) ** 2, "every block of a stage has its own tables: multiply by the depth."),
+            (
+                d3 * (config.widths[2] // 32) * (2 * s3 - 1) ** 2 + d4 * (config.widths[3] // 32) * (2 * s4 - 1) ** 2,
+                "the number of heads is width / config.head_dim; not every configuration has heads of 32.",
+            ),
+            (
+                d3 * h3 * s3 * s3 + d4 * h4 * s4 * s4,
+                "one entry per offset: an H x W map has (2H-1) x (2W-1) offsets, not H x W.",
+            ),
+            (
+                h3 * (2 * s3 - 1) ** 2 + h4 * (2 * s4 - 1) ** 2,
+                "every block of a stage has its own tables: multiply by the depth.",
+            ),
             (d3 * h3 * (2 * s3 - 1) ** 2, "S4's Transformer blocks have bias tables too."),
-            (d3 * h3 * (2 * s3 + 1) ** 2 + d4 * h4 * (2 * s4 + 1) ** 2, "offsets run from -(H-1) to H-1: 2H - 1 of them."),
+            (
+                d3 * h3 * (2 * s3 + 1) ** 2 + d4 * h4 * (2 * s4 + 1) ** 2,
+                "offsets run from -(H-1) to H-1: 2H - 1 of them.",
+            ),
         ]
         _compare_number(_call(fn, config, size), want, f"{_name(fn)}(CONFIGS[{name!r}], {size})", hints)
 
@@ -62,7 +78,12 @@ def check_transformer_params(fn: Callable) -> None:
     (``coatlib.blocks.TransformerBlock``) from ``in_dim`` to ``out_dim`` channels on a
     ``map_size = (H, W)`` map, with heads of ``head_dim`` channels: the shortcut projection (when the
     width changes), two LayerNorms, q/k/v and output projections, one bias table per head and the FFN."""
-    for cin, cout, (h, w), hd in [(192, 384, (14, 14), 32), (384, 384, (14, 14), 32), (384, 768, (7, 7), 32), (32, 64, (4, 6), 16)]:
+    for cin, cout, (h, w), hd in [
+        (192, 384, (14, 14), 32),
+        (384, 384, (14, 14), 32),
+        (384, 768, (7, 7), 32),
+        (32, 64, (4, 6), 16),
+    ]:
         with torch.device("meta"):
             block = TransformerBlock(cin, cout, (h, w), stride=1 if cin == cout else 2, head_dim=hd)
         want = sum(p.numel() for p in block.parameters())
@@ -70,11 +91,23 @@ def check_transformer_params(fn: Callable) -> None:
         shortcut = cin * cout + cout if cin != cout else 0
         hints = [
             (want - full, "add the relative bias tables: one table of (2H - 1)(2W - 1) scalars per head."),
-            (want - full + heads * h * w, "a table holds one scalar per offset i - j: (2H - 1)(2W - 1) of them, not H W."),
-            (want - full + table, f"every head has its own table: multiply by the number of heads, out_dim / head_dim = {heads}."),
+            (
+                want - full + heads * h * w,
+                "a table holds one scalar per offset i - j: (2H - 1)(2W - 1) of them, not H W.",
+            ),
+            (
+                want - full + table,
+                f"every head has its own table: multiply by the number of heads, out_dim / head_dim = {heads}.",
+            ),
             (want - full + 8 * table, f"the number of heads is out_dim / head_dim = {heads}, not a fixed 8."),
-            (want - shortcut, "when the width changes, the shortcut projects Pool(x) with a linear layer (in_dim x out_dim weights + bias)."),
-            (want - (8 * cout + 4) * cout + (8 * cout + 4) * cin, "the FFN expands the block's output width by 4: out_dim -> 4 out_dim -> out_dim."),
+            (
+                want - shortcut,
+                "when the width changes, the shortcut projects Pool(x) with a linear layer (in_dim x out_dim weights + bias).",
+            ),
+            (
+                want - (8 * cout + 4) * cout + (8 * cout + 4) * cin,
+                "the FFN expands the block's output width by 4: out_dim -> 4 out_dim -> out_dim.",
+            ),
         ]
         _compare_number(_call(fn, cin, cout, (h, w), hd), want, f"{_name(fn)}({cin}, {cout}, {(h, w)}, {hd})", hints)
 
@@ -90,14 +123,24 @@ def check_resize_table(fn: Callable) -> None:
         size = (2 * h2 - 1, 2 * w2 - 1)
         want = resize_table(table, size)
         hints = [
-            (F.interpolate(table[None], size=size, mode="bilinear", align_corners=False)[0],
-             "keep the corners in place (align_corners=True): the largest offsets of the old map become the largest of the new."),
-            (F.interpolate(table[None], size=size, mode="nearest")[0], "interpolate bilinearly, not by copying the nearest entry."),
-            (F.interpolate(table[None], size=size, mode="bicubic", align_corners=True)[0], "interpolate bilinearly, not bicubically."),
+            (
+                F.interpolate(table[None], size=size, mode="bilinear", align_corners=False)[0],
+                "keep the corners in place (align_corners=True): the largest offsets of the old map become the largest of the new.",
+            ),
+            (
+                F.interpolate(table[None], size=size, mode="nearest")[0],
+                "interpolate bilinearly, not by copying the nearest entry.",
+            ),
+            (
+                F.interpolate(table[None], size=size, mode="bicubic", align_corners=True)[0],
+                "interpolate bilinearly, not bicubically.",
+            ),
         ]
         call = f"{_name(fn)}(table of shape {tuple(table.shape)}, {(h2, w2)})"
         got = _call(fn, table, (h2, w2))
         if isinstance(got, torch.Tensor) and tuple(got.shape) == (heads, h2, w2):
-            raise Wrong(f"{call} returned shape {tuple(got.shape)}; the table of an H' x W' map has one entry per offset: "
-                        f"(heads, 2H' - 1, 2W' - 1) = {(heads, *size)}.")
+            raise Wrong(
+                f"{call} returned shape {tuple(got.shape)}; the table of an H' x W' map has one entry per offset: "
+                f"(heads, 2H' - 1, 2W' - 1) = {(heads, *size)}."
+            )
         _compare(got, want, call, ("head", "row", "col"), hints)

@@ -1,4 +1,5 @@
 """Checks for the exercises of chapter 6: the family tree."""
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,16 @@ def check_scale_stage(fn: Callable) -> None:
     """``fn(channels, layers, width, depth)``: one row of EfficientNet-B0's table scaled by the compound
     coefficients ``width`` and ``depth``: ``(make_divisible(channels * width), ceil(layers * depth))``, the
     channels rounded to the nearest multiple of 8 but never more than 10% down, the layers rounded up."""
-    cases = [(16, 1, 1.0, 1.0), (24, 2, 1.1, 1.2), (40, 2, 1.4, 1.8), (112, 3, 1.1, 1.2), (80, 3, 1.8, 2.6),
-             (16, 1, 1.8, 2.6), (320, 1, 2.0, 3.1), (24, 2, 1.6, 2.2)]
+    cases = [
+        (16, 1, 1.0, 1.0),
+        (24, 2, 1.1, 1.2),
+        (40, 2, 1.4, 1.8),
+        (112, 3, 1.1, 1.2),
+        (80, 3, 1.8, 2.6),
+        (16, 1, 1.8, 2.6),
+        (320, 1, 2.0, 3.1),
+        (24, 2, 1.6, 2.2),
+    ]
     for channels, layers, width, depth in cases:
         want = (make_divisible(channels * width), math.ceil(layers * depth))
         call = f"{_name(fn)}{(channels, layers, width, depth)}"
@@ -32,15 +41,34 @@ def check_scale_stage(fn: Callable) -> None:
         if not isinstance(got, (tuple, list)) or len(got) != 2:
             raise Wrong(f"{call} returned {got!r}; return a pair (channels, layers).")
         c = channels * width
-        _compare_number(got[0], want[0], f"{call}, channels", [
-            (round(c), "round the channels to a multiple of 8 (hardware likes it): make_divisible(channels * width)."),
-            (int(c) // 8 * 8, "round to the *nearest* multiple of 8 (add 4 before flooring), not down."),
-            (int(c), "round the channels to a multiple of 8 (hardware likes it): make_divisible(channels * width)."),
-        ])
-        _compare_number(got[1], want[1], f"{call}, layers", [
-            (round(layers * depth), "round the number of layers *up* (math.ceil): a stage never gets fewer blocks than depth x layers."),
-            (int(layers * depth), "round the number of layers *up* (math.ceil), not down."),
-        ])
+        _compare_number(
+            got[0],
+            want[0],
+            f"{call}, channels",
+            [
+                (
+                    round(c),
+                    "round the channels to a multiple of 8 (hardware likes it): make_divisible(channels * width).",
+                ),
+                (int(c) // 8 * 8, "round to the *nearest* multiple of 8 (add 4 before flooring), not down."),
+                (
+                    int(c),
+                    "round the channels to a multiple of 8 (hardware likes it): make_divisible(channels * width).",
+                ),
+            ],
+        )
+        _compare_number(
+            got[1],
+            want[1],
+            f"{call}, layers",
+            [
+                (
+                    round(layers * depth),
+                    "round the number of layers *up* (math.ceil): a stage never gets fewer blocks than depth x layers.",
+                ),
+                (int(layers * depth), "round the number of layers *up* (math.ceil), not down."),
+            ],
+        )
 
 
 @_check
@@ -49,6 +77,7 @@ def check_shift_mask(fn: Callable) -> None:
     map cut into ``window x window`` windows after a cyclic shift by ``shift`` rows and columns: a bool tensor
     ``(nW, window**2, window**2)``, True where two tokens of a window come from different regions of the
     un-shifted map (so must not attend to each other), windows in reading order, tokens row by row."""
+
     def labelled(h, w, win, regions):
         labels = regions(h)[:, None] * 3 + regions(w)[None, :]
         labels = window_partition(labels[None, :, :, None], win)[..., 0]
@@ -63,11 +92,18 @@ def check_shift_mask(fn: Callable) -> None:
         n = h // win * (w // win)
         hints = [
             (~want, "True must mark the pairs from *different* regions (the ones that may not attend)."),
-            (torch.zeros_like(want), "the map is shifted: the last windows hold tokens of up to 3 x 3 regions of the original map."),
-            (labelled(h, w, win, lambda L: (torch.arange(L) >= win).long() + (torch.arange(L) >= s).long()),
-             "the regions are [0, L - window), [L - window, L - shift) and [L - shift, L) along each axis: the "
-             "wrapped-around tokens sit at the end of the shifted map."),
-            (want.view(h // win, w // win, win * win, win * win).transpose(0, 1).reshape(n, win * win, win * win),
-             "list the windows in reading order (row of windows by row of windows), as window_partition does."),
+            (
+                torch.zeros_like(want),
+                "the map is shifted: the last windows hold tokens of up to 3 x 3 regions of the original map.",
+            ),
+            (
+                labelled(h, w, win, lambda L: (torch.arange(L) >= win).long() + (torch.arange(L) >= s).long()),
+                "the regions are [0, L - window), [L - window, L - shift) and [L - shift, L) along each axis: the "
+                "wrapped-around tokens sit at the end of the shifted map.",
+            ),
+            (
+                want.view(h // win, w // win, win * win, win * win).transpose(0, 1).reshape(n, win * win, win * win),
+                "list the windows in reading order (row of windows by row of windows), as window_partition does.",
+            ),
         ]
         _compare(got, want, call, ("window", "query token", "key token"), hints)

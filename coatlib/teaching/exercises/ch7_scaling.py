@@ -1,4 +1,5 @@
 """Checks for the exercises of chapter 7: scaling up."""
+
 from __future__ import annotations
 
 import copy
@@ -44,12 +45,21 @@ def check_channels_last_strides(fn: Callable) -> None:
         N, C, H, W = shape
         want = list(torch.empty(shape).contiguous(memory_format=torch.channels_last).stride())
         hints = [
-            ([C * H * W, H * W, W, 1], "those are the strides of the usual (NCHW, contiguous) layout. In channels-last "
-             "the channels of one pixel are neighbours in memory: the stride of C is 1."),
-            ([H * W * C, W * C, C, 1], "those are the strides in memory order (N, H, W, C); list them in the order of "
-             "the tensor's dimensions (N, C, H, W), as x.stride() does."),
-            ([H * W * C, 1, W, C], "the stride of H is the number of elements in one row of pixels, W * C; the stride "
-             "of W is C (the next pixel starts C elements later)."),
+            (
+                [C * H * W, H * W, W, 1],
+                "those are the strides of the usual (NCHW, contiguous) layout. In channels-last "
+                "the channels of one pixel are neighbours in memory: the stride of C is 1.",
+            ),
+            (
+                [H * W * C, W * C, C, 1],
+                "those are the strides in memory order (N, H, W, C); list them in the order of "
+                "the tensor's dimensions (N, C, H, W), as x.stride() does.",
+            ),
+            (
+                [H * W * C, 1, W, C],
+                "the stride of H is the number of elements in one row of pixels, W * C; the stride "
+                "of W is C (the next pixel starts C elements later).",
+            ),
         ]
         _compare_sequence(_call(fn, shape), want, f"{_name(fn)}({shape})", hints)
 
@@ -75,27 +85,40 @@ def check_round_to_bf16(fn: Callable) -> None:
     ``x`` this equals ``x.to(torch.bfloat16).float()``."""
     g = torch.Generator().manual_seed(8)
     x = _randn(g, 4000) * 10.0 ** torch.randint(-30, 30, (4000,), generator=g)
-    kept = torch.randint(-2**15, 2**15, (64,), generator=g, dtype=torch.int32) * 2**16  # bf16 bit patterns ...
+    kept = torch.randint(-(2**15), 2**15, (64,), generator=g, dtype=torch.int32) * 2**16  # bf16 bit patterns ...
     ties = (kept + 2**15).view(torch.float32)  # ... and the float32 numbers exactly halfway between two of them
     x = torch.cat([x, ties[ties.isfinite()], torch.tensor([0.0, -0.0, 1.0, -1.5, 3.0e38, 1e-40])])
     want = x.to(torch.bfloat16).float()
     bits = x.view(torch.int32)
     hints = [
-        ((bits & -(2**16)).view(torch.float32), "you cut off the low 16 bits, which rounds towards zero; round to the "
-         "nearest: add 0x7FFF plus the lowest kept bit ((bits >> 16) & 1) before cutting."),
-        (((bits + 2**15) & -(2**16)).view(torch.float32), "right except exactly halfway between two bfloat16 numbers: "
-         "ties go to the even one. Add 0x7FFF + ((bits >> 16) & 1) instead of 0x8000."),
-        (x.half().float(), "that is float16 (5 exponent bits, 10 mantissa bits); bfloat16 keeps float32's 8 exponent "
-         "bits and 7 mantissa bits: the upper 16 bits of the float32."),
+        (
+            (bits & -(2**16)).view(torch.float32),
+            "you cut off the low 16 bits, which rounds towards zero; round to the "
+            "nearest: add 0x7FFF plus the lowest kept bit ((bits >> 16) & 1) before cutting.",
+        ),
+        (
+            ((bits + 2**15) & -(2**16)).view(torch.float32),
+            "right except exactly halfway between two bfloat16 numbers: "
+            "ties go to the even one. Add 0x7FFF + ((bits >> 16) & 1) instead of 0x8000.",
+        ),
+        (
+            x.half().float(),
+            "that is float16 (5 exponent bits, 10 mantissa bits); bfloat16 keeps float32's 8 exponent "
+            "bits and 7 mantissa bits: the upper 16 bits of the float32.",
+        ),
     ]
     spy = _DtypeSpy(torch.bfloat16)
     with spy:
         got = _call(fn, x.clone())
     if spy.seen:
-        raise Wrong(f"{_name(fn)} made a bfloat16 tensor. Do the rounding yourself with integer operations on "
-                    f"x.view(torch.int32), then .view(torch.float32); the check compares with PyTorch's conversion.")
+        raise Wrong(
+            f"{_name(fn)} made a bfloat16 tensor. Do the rounding yourself with integer operations on "
+            f"x.view(torch.int32), then .view(torch.float32); the check compares with PyTorch's conversion."
+        )
     if isinstance(got, torch.Tensor) and got.dtype != torch.float32:
-        raise Wrong(f"{_name(fn)} returned a {got.dtype} tensor; return float32 (use .view(torch.float32) on the bits).")
+        raise Wrong(
+            f"{_name(fn)} returned a {got.dtype} tensor; return float32 (use .view(torch.float32) on the bits)."
+        )
     _compare(got, want, f"{_name(fn)}(x) for {len(x)} numbers", ("element",), hints, atol=0.0)
 
 
@@ -111,18 +134,33 @@ def check_shard_indices(fn: Callable) -> None:
         for rank in range(world):
             want = list(DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=False))
             hints = [
-                (padded[rank * per : (rank + 1) * per], "DistributedSampler deals the samples out like cards: every "
-                 "world-th index starting at rank, not a consecutive block."),
-                (list(range(rank, n, world)), f"every process must get the same number of samples, ceil(n / world) = "
-                 f"{per}, or they would disagree on the number of steps: pad by repeating the first indices."),
-                (list(range(rank, n - n % world, world)), "DistributedSampler (drop_last=False) pads rather than drops: "
-                 "repeat the first indices until there are ceil(n / world) * world of them."),
+                (
+                    padded[rank * per : (rank + 1) * per],
+                    "DistributedSampler deals the samples out like cards: every "
+                    "world-th index starting at rank, not a consecutive block.",
+                ),
+                (
+                    list(range(rank, n, world)),
+                    f"every process must get the same number of samples, ceil(n / world) = "
+                    f"{per}, or they would disagree on the number of steps: pad by repeating the first indices.",
+                ),
+                (
+                    list(range(rank, n - n % world, world)),
+                    "DistributedSampler (drop_last=False) pads rather than drops: "
+                    "repeat the first indices until there are ceil(n / world) * world of them.",
+                ),
             ]
             _compare_sequence(_call(fn, n, world, rank), want, f"{_name(fn)}({n}, {world}, {rank})", hints)
 
 
-def _shard_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, world: int,
-                     reduce: str = "mean", shards: int | None = None) -> list[torch.Tensor]:
+def _shard_gradients(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    world: int,
+    reduce: str = "mean",
+    shards: int | None = None,
+) -> list[torch.Tensor]:
     """Gradients of the mean cross-entropy on each of ``world`` consecutive shares of the batch, averaged
     (DDP's all-reduce), or summed, or of the first ``shards`` shares only."""
     params = list(model.parameters())
@@ -141,8 +179,14 @@ def check_ddp_gradient(fn: Callable) -> None:
     g = torch.Generator().manual_seed(9)
     with torch.random.fork_rng():  # building the model must not move the reader's random numbers
         torch.manual_seed(9)
-        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.GELU(),
-                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).train()
+        model = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.GELU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, 5),
+        ).train()
     names = [name for name, _ in model.named_parameters()]
     for world, batch in [(2, 8), (4, 8), (3, 12)]:
         images, labels = _randn(g, batch, 3, 6, 6), torch.randint(0, 5, (batch,), generator=g)
@@ -153,14 +197,22 @@ def check_ddp_gradient(fn: Callable) -> None:
         call = f"{_name(fn)}(model, {batch} images, labels, world={world})"
         got = _call(fn, copy.deepcopy(model), images.clone(), labels.clone(), world)
         if not isinstance(got, (list, tuple)) or len(got) != len(want):
-            raise Wrong(f"{call} returned {type(got).__name__} of length {len(got) if hasattr(got, '__len__') else '-'}; "
-                        f"return a list of {len(want)} tensors, one per parameter ({', '.join(names)}).")
+            raise Wrong(
+                f"{call} returned {type(got).__name__} of length {len(got) if hasattr(got, '__len__') else '-'}; "
+                f"return a list of {len(want)} tensors, one per parameter ({', '.join(names)})."
+            )
         for i, name in enumerate(names):
             hints = [
-                (full[i], "that is the gradient of one process on the whole batch. BatchNorm normalises each "
-                 "process's share with that share's statistics: compute the gradient on every share, then average."),
-                (summed[i], f"DDP averages the processes' gradients (all-reduce sum, then / world): yours is "
-                 f"world = {world} times too large."),
+                (
+                    full[i],
+                    "that is the gradient of one process on the whole batch. BatchNorm normalises each "
+                    "process's share with that share's statistics: compute the gradient on every share, then average.",
+                ),
+                (
+                    summed[i],
+                    f"DDP averages the processes' gradients (all-reduce sum, then / world): yours is "
+                    f"world = {world} times too large.",
+                ),
                 (first[i], "that is the gradient of the first share only; average over all world shares."),
             ]
             axes = tuple(f"dim {d}" for d in range(want[i].ndim))
@@ -177,12 +229,20 @@ def check_fsdp_state_bytes(fn: Callable) -> None:
         shard = math.ceil(n / gpus)
         hints = [
             (16 * n, "that is what every GPU holds under DDP, a whole copy; FSDP gives each GPU 1/gpus of it."),
-            (12 * shard, "you left out one of the three: weights 4, gradients 4 and AdamW's two states 8 "
-             "bytes per parameter."),
-            (8 * shard, "weights and gradients take 4 bytes each, and AdamW keeps two float32 moving averages "
-             "(8 bytes) besides."),
+            (
+                12 * shard,
+                "you left out one of the three: weights 4, gradients 4 and AdamW's two states 8 bytes per parameter.",
+            ),
+            (
+                8 * shard,
+                "weights and gradients take 4 bytes each, and AdamW keeps two float32 moving averages "
+                "(8 bytes) besides.",
+            ),
             (4 * shard, "that is the weights alone; the gradients (4) and AdamW's two states (8) are sharded too."),
-            (16 * (n // gpus), f"round up: {n:,} parameters do not split evenly over {gpus} GPUs, and the shards "
-             f"are equal (the last one padded), ceil(n_params / gpus)."),
+            (
+                16 * (n // gpus),
+                f"round up: {n:,} parameters do not split evenly over {gpus} GPUs, and the shards "
+                f"are equal (the last one padded), ceil(n_params / gpus).",
+            ),
         ]
         _compare_number(_call(fn, n, gpus), 16 * shard, f"{_name(fn)}({n:,}, {gpus})", hints)
