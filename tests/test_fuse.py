@@ -169,3 +169,18 @@ def test_a_hook_keeps_the_tensor_it_saw():
         model(torch.randn(1, 3, 64, 64))
     changed = [n for n, (out, copy_) in kept.items() if not torch.equal(out, copy_)]
     assert not changed, changed
+
+
+def test_fused_gelu_works_in_place_and_equals_plain():
+    """fuse makes every GELU write into its input (no new map); the output is F.gelu's, exactly."""
+    from coatlib.fuse import InplaceGELU
+
+    model = coatlib.create_model("coatnet_pico", num_classes=4, image_size=64).eval()
+    fused = coatlib.fuse(model)
+    gelus = [m for m in fused.modules() if isinstance(m, nn.GELU)]
+    assert gelus and all(type(m) is InplaceGELU for m in gelus)
+    assert all(type(m) is nn.GELU for m in model.modules() if isinstance(m, nn.GELU))  # the original keeps its own
+    x = torch.randn(1000)
+    expected = torch.nn.functional.gelu(x)
+    out = gelus[0](x)
+    assert out.data_ptr() == x.data_ptr() and torch.equal(out, expected)
