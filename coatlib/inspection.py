@@ -1,12 +1,19 @@
-"""Looking inside a CoAtNet: the learned relative-bias tables and where a head attends.
+"""Looking inside a CoAtNet: bias tables, attention, receptive fields and depthwise kernels.
 
 Works on the paper's CoAtNet and on timm's rw models alike (any model whose
-``model.stages[i].blocks`` hold ``.attn`` relative-attention modules):
+``model.stages[i].blocks`` hold ``.attn`` relative-attention modules), trained
+or not:
 
 * ``bias_tables(model, stage)``: every block's table ``w`` of Eq. 3, ``(heads, 2H-1, 2W-1)``;
+* ``bias_locality(table, radius)``: how much of a head's attention its table alone puts
+  within ``radius`` of the query, one number per head;
 * ``attention_maps(model, image, stage, query)``: the attention weights of each head from
   one query position of a stage's map, ``(heads, H, W)``;
-* ``plot_bias_tables`` and ``plot_attention`` draw them.
+* ``effective_receptive_field(model, images, stage)``: how strongly each input pixel moves
+  the centre output of a stage (Luo et al. 2016), and ``erf_size`` its extent in pixels;
+* ``depthwise_kernels(model, stage)``: the depthwise filters of a stage's MBConv blocks;
+* ``plot_bias_tables``, ``plot_attention``, ``plot_receptive_fields`` and
+  ``plot_depthwise_kernels`` draw them.
 
 Stages are numbered as in the paper: S3 is ``stage=3`` (``model.stages[2]``).
 Cell ``[dy + H - 1, dx + W - 1]`` of a table is the bias from a query to the key
@@ -15,6 +22,8 @@ Cell ``[dy + H - 1, dx + W - 1]`` of a table is the bias from a query to the key
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import matplotlib.pyplot as plt
 import torch
@@ -35,6 +44,25 @@ def attention_layers(model: nn.Module, stage: int) -> list[RelativeAttention]:
 def bias_tables(model: nn.Module, stage: int) -> list[torch.Tensor]:
     """Each block's learned bias table of stage ``S{stage}``: ``(heads, 2H-1, 2W-1)``, a copy."""
     return [layer.relative_bias_table.detach().float().cpu().clone() for layer in attention_layers(model, stage)]
+
+
+def bias_locality(table: torch.Tensor, radius: int = 1) -> torch.Tensor:
+    """Share of each head's attention within ``radius`` of the query when the content is zero.
+
+    With ``q = k = 0`` the attention of Eq. 3 is ``softmax_j(w[i - j])``: the table alone decides where a
+    head looks. For every query ``i`` of the ``H x W`` map this sums the weights on the keys ``j`` with
+    ``|dy| <= radius`` and ``|dx| <= radius`` (a ``(2 radius + 1)``-square around the query, as a
+    ``3 x 3`` convolution sees for ``radius=1``), then averages over the queries. ``table`` is one block's
+    ``(heads, 2H-1, 2W-1)``; the result is ``(heads,)``. A flat table gives the share of keys in that
+    square (smaller at the border); a table that only looks at the query gives 1.
+    """
+    H, W = (table.shape[1] + 1) // 2, (table.shape[2] + 1) // 2
+    rows, cols = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    dy = rows.flatten()[:, None] - rows.flatten()[None]  # (N, N): query i, key j, offset i - j
+    dx = cols.flatten()[:, None] - cols.flatten()[None]
+    bias = table.float()[:, dy + H - 1, dx + W - 1]  # (heads, N, N)
+    near = (dy.abs() <= radius) & (dx.abs() <= radius)
+    return (bias.softmax(-1) * near).sum(-1).mean(-1)
 
 
 @torch.no_grad()
@@ -112,5 +140,117 @@ def plot_attention(
         ax.set_title(f"head {head}", fontsize=8)
         ax.set_xlabel("column")
         ax.set_ylabel("row")
+    fig.suptitle(title)
+    return fig
+
+
+def stage_output(model: nn.Module, images: torch.Tensor, stage: int) -> torch.Tensor:
+    """The feature map after stage ``S{stage}`` (0 is the stem): ``(B, D, H, W)``."""
+    x = model.stem(images)
+    for block in model.stages[:stage]:
+        x = block(x)
+    return x
+
+
+def effective_receptive_field(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, stage: int | None = None
+) -> torch.Tensor:
+    """How much each input pixel moves the centre of a feature map, averaged over ``images`` (Luo et al. 2016).
+
+    The feature map is ``stage_output(model, images, stage)`` for a CoAtNet, or ``model(images)`` when
+    ``stage`` is None (any function from images ``(B, C, H, W)`` to maps ``(B, D, h, w)``, e.g. one
+    convolution). Each image's gradient of the centre position ``(h // 2, w // 2)`` of the map, summed
+    over its ``D`` channels, with respect to the input is taken in absolute value, summed over the input
+    channels and averaged over the images; the result ``(H, W)`` is scaled to sum to 1. BatchNorm runs
+    in eval mode, so the images do not see each other.
+    """
+    if isinstance(model, nn.Module):
+        model.eval()
+    x = images.detach().clone().requires_grad_(True)
+    out = model(x) if stage is None else stage_output(model, x, stage)
+    h, w = out.shape[-2:]
+    out[:, :, h // 2, w // 2].sum().backward()
+    field = x.grad.abs().sum(1).mean(0)
+    return field / field.sum()
+
+
+def erf_size(field: torch.Tensor, mass: float = 0.9) -> int:
+    """Side in pixels of the smallest square around the field's centre that holds ``mass`` of ``field``.
+
+    The square is centred on the pixel nearest the field's centre of mass (a stage's centre output sits
+    a few pixels off the image centre: S3's position 4 of 8 covers pixels 64 to 79 of 128) and grows
+    one pixel each side at a time (odd sides ``1, 3, 5, ...``), clipped at the image border; a field
+    that never reaches ``mass`` inside the image gives the image's larger side.
+    """
+    H, W = field.shape
+    total = field.sum()
+    cy = round((field.sum(1) * torch.arange(H)).sum().item() / total.item())
+    cx = round((field.sum(0) * torch.arange(W)).sum().item() / total.item())
+    for r in range(max(H, W)):
+        inside = field[max(cy - r, 0) : cy + r + 1, max(cx - r, 0) : cx + r + 1].sum()
+        if inside >= mass * total:
+            return 2 * r + 1
+    return max(H, W)
+
+
+def depthwise_kernels(model: nn.Module, stage: int) -> list[torch.Tensor]:
+    """The depthwise filters of every MBConv block of stage ``S{stage}``: ``(channels, k, k)`` each, a copy."""
+    convs = [  # the paper's block: .dw = ConvNormAct, [0] the conv; timm's rw block: .dw holds it
+        next(m for m in b.dw.modules() if isinstance(m, nn.Conv2d))
+        for b in model.stages[stage - 1].blocks
+        if hasattr(b, "dw")
+    ]
+    if not convs:
+        raise ValueError(f"stage S{stage} has no MBConv blocks with a depthwise convolution")
+    return [conv.weight.detach().float().cpu()[:, 0].clone() for conv in convs]
+
+
+def plot_receptive_fields(fields: dict[str, torch.Tensor], title: str = "", columns: int = 4) -> plt.Figure:
+    """One panel per named field ``(H, W)`` (from ``effective_receptive_field``), each with its 90% square
+    (``erf_size``) in the title; one colour scale for the figure, as a share of the gradient per pixel."""
+    rows = -(-len(fields) // columns)
+    per_row = min(columns, len(fields))
+    fig, axes = plt.subplots(
+        rows, per_row, figsize=(2.4 * per_row, 2.4 * rows + 0.5), squeeze=False, layout="constrained"
+    )
+    top = max(f.max().item() for f in fields.values())
+    for ax in axes.flat[len(fields) :]:
+        ax.set_visible(False)
+    for ax, (name, field) in zip(axes.flat, fields.items()):
+        image = ax.imshow(field.numpy(), cmap="viridis", vmin=0, vmax=top)
+        ax.set_title(f"{name}: 90% in {erf_size(field)} px", fontsize=8)
+        ax.set_xlabel("column (pixel)", fontsize=7)
+        ax.set_ylabel("row (pixel)", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.colorbar(image, ax=axes, shrink=0.7, label="share of |gradient|")
+    fig.suptitle(title)
+    return fig
+
+
+def plot_depthwise_kernels(kernels: list[torch.Tensor], channels: int = 12, title: str = "") -> plt.Figure:
+    """The first ``channels`` depthwise filters of each block (one row per block) and, in the first column,
+    their mean absolute value over all the block's channels; one colour scale centred on zero for the
+    filters, the mean on the same scale."""
+    fig, axes = plt.subplots(
+        len(kernels),
+        channels + 1,
+        figsize=(0.8 * (channels + 1) + 1.2, 0.9 * len(kernels) + 0.7),
+        squeeze=False,
+        layout="constrained",
+    )
+    limit = max(k[:channels].abs().max().item() for k in kernels)
+    k = kernels[0].shape[-1]
+    extent = (-(k // 2) - 0.5, k // 2 + 0.5, k // 2 + 0.5, -(k // 2) - 0.5)  # offsets from the centre tap
+    for b, kernel in enumerate(kernels):
+        panels = [("mean |w|", kernel.abs().mean(0))] + [(f"ch {c}", kernel[c]) for c in range(channels)]
+        for ax, (name, values) in zip(axes[b], panels):
+            image = ax.imshow(values.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, extent=extent)
+            ax.set_title(f"block {b}, {name}" if name.startswith("mean") else name, fontsize=6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[b, 0].set_ylabel("dy", fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("dx", fontsize=7)
+    fig.colorbar(image, ax=axes, shrink=0.7, label="weight")
     fig.suptitle(title)
     return fig
