@@ -8,7 +8,8 @@ or not:
 * ``bias_locality(table, radius)``: how much of a head's attention its table alone puts
   within ``radius`` of the query, one number per head;
 * ``attention_maps(model, image, stage, query)``: the attention weights of each head from
-  one query position of a stage's map, ``(heads, H, W)``;
+  one query position of a stage's map, ``(heads, H, W)``, and ``attention_locality``, the
+  share of the actual attention (content and bias) near the query;
 * ``effective_receptive_field(model, images, stage)``: how strongly each input pixel moves
   the centre output of a stage (Luo et al. 2016), and ``erf_size`` its extent in pixels;
 * ``depthwise_kernels(model, stage)``: the depthwise filters of a stage's MBConv blocks;
@@ -73,24 +74,49 @@ def attention_maps(
     ``query = (row, col)``: its attention weights over the ``H x W`` map, ``(heads, H, W)``
     (each map sums to 1). ``image`` is one normalised image ``(3, H_img, W_img)`` or a batch of one."""
     layer = attention_layers(model, stage)[block]
-    seen = []
-    handle = layer.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
-    try:
-        model.eval()(image if image.ndim == 4 else image[None])
-    finally:
-        handle.remove()
     H, W = layer.map_size
     row, col = query
     if not (0 <= row < H and 0 <= col < W):
         raise ValueError(f"query {query} is outside the {H}x{W} map of S{stage}")
-    weights = layer.attention_weights(seen[0])[0]  # (heads, N, N): row = query, column = key
-    return weights[:, row * W + col].reshape(-1, H, W).float().cpu()
+    weights = _attention_weights(model, layer, image if image.ndim == 4 else image[None])[0]
+    return weights[:, row * W + col].reshape(-1, H, W).float().cpu()  # row = query, column = key
 
 
-def plot_bias_tables(tables: list[torch.Tensor], title: str = "", columns: int = 12) -> plt.Figure:
+def _attention_weights(model: nn.Module, layer: RelativeAttention, images: torch.Tensor) -> torch.Tensor:
+    """Run ``model`` on ``images`` and return ``layer``'s attention weights ``(B, heads, N, N)``."""
+    seen = []
+    handle = layer.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    try:
+        model.eval()(images)
+    finally:
+        handle.remove()
+    return layer.attention_weights(seen[0])
+
+
+@torch.no_grad()
+def attention_locality(model: nn.Module, images: torch.Tensor, stage: int, radius: int = 1) -> list[torch.Tensor]:
+    """``bias_locality`` with the content: the share of each head's actual attention on ``images`` within
+    ``radius`` of the query (``|dy|, |dx| <= radius``), averaged over the queries and the images; one
+    ``(heads,)`` tensor per block of stage ``S{stage}``."""
+    shares = []
+    for layer in attention_layers(model, stage):
+        H, W = layer.map_size
+        rows, cols = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+        rows, cols = rows.flatten(), cols.flatten()
+        near = ((rows[:, None] - rows[None]).abs() <= radius) & ((cols[:, None] - cols[None]).abs() <= radius)
+        weights = _attention_weights(model, layer, images).float().cpu()  # (B, heads, N, N)
+        shares.append((weights * near).sum(-1).mean((0, 2)))
+    return shares
+
+
+def plot_bias_tables(
+    tables: list[torch.Tensor], title: str = "", columns: int = 12, labels: list[str] | None = None
+) -> plt.Figure:
     """Every head of every block as a 2-D map over the offset ``(dy, dx)``: one row of up to
-    ``columns`` heads per block (wrapped), one colour scale centred on zero. (In timm's rw
-    models the first block of a stage has half the heads of the others.)"""
+    ``columns`` heads per block (wrapped), one colour scale centred on zero. ``labels`` names the
+    tables (default ``block 0``, ``block 1`` ...), e.g. to put a stage before and after training in
+    one figure. (In timm's rw models the first block of a stage has half the heads of the others.)"""
+    labels = labels or [f"block {b}" for b in range(len(tables))]
     most = max(t.shape[0] for t in tables)
     per_row = min(columns, most)
     rows_per_block = -(-most // per_row)
@@ -109,7 +135,7 @@ def plot_bias_tables(tables: list[torch.Tensor], title: str = "", columns: int =
         for head in range(table.shape[0]):
             ax = axes[b * rows_per_block + head // per_row, head % per_row]
             image = ax.imshow(table[head].numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, extent=extent)
-            ax.set_title(f"block {b}, head {head}", fontsize=6)
+            ax.set_title(f"{labels[b]}, head {head}", fontsize=6)
     for ax in axes[-1]:
         ax.set_xlabel("dx", fontsize=7)
     for ax in axes[:, 0]:
@@ -207,30 +233,33 @@ def depthwise_kernels(model: nn.Module, stage: int) -> list[torch.Tensor]:
 
 def plot_receptive_fields(fields: dict[str, torch.Tensor], title: str = "", columns: int = 4) -> plt.Figure:
     """One panel per named field ``(H, W)`` (from ``effective_receptive_field``), each with its 90% square
-    (``erf_size``) in the title; one colour scale for the figure, as a share of the gradient per pixel."""
+    (``erf_size``) in the title. Each field is divided by its peak, so that one colour scale, 0 to 1,
+    shows a concentrated field (S1) and a spread-out one (S4) alike."""
     rows = -(-len(fields) // columns)
     per_row = min(columns, len(fields))
     fig, axes = plt.subplots(
         rows, per_row, figsize=(2.4 * per_row, 2.4 * rows + 0.5), squeeze=False, layout="constrained"
     )
-    top = max(f.max().item() for f in fields.values())
     for ax in axes.flat[len(fields) :]:
         ax.set_visible(False)
     for ax, (name, field) in zip(axes.flat, fields.items()):
-        image = ax.imshow(field.numpy(), cmap="viridis", vmin=0, vmax=top)
+        image = ax.imshow((field / field.max()).numpy(), cmap="viridis", vmin=0, vmax=1)
         ax.set_title(f"{name}: 90% in {erf_size(field)} px", fontsize=8)
         ax.set_xlabel("column (pixel)", fontsize=7)
         ax.set_ylabel("row (pixel)", fontsize=7)
         ax.tick_params(labelsize=6)
-    fig.colorbar(image, ax=axes, shrink=0.7, label="share of |gradient|")
+    fig.colorbar(image, ax=axes, shrink=0.7, label="|gradient| / its peak")
     fig.suptitle(title)
     return fig
 
 
-def plot_depthwise_kernels(kernels: list[torch.Tensor], channels: int = 12, title: str = "") -> plt.Figure:
-    """The first ``channels`` depthwise filters of each block (one row per block) and, in the first column,
-    their mean absolute value over all the block's channels; one colour scale centred on zero for the
-    filters, the mean on the same scale."""
+def plot_depthwise_kernels(
+    kernels: list[torch.Tensor], channels: int = 12, title: str = "", labels: list[str] | None = None
+) -> plt.Figure:
+    """The first ``channels`` depthwise filters of each block (one row per block, named by ``labels``,
+    default ``block 0`` ...) and, in the first column, their mean absolute value over all the block's
+    channels; one colour scale centred on zero for the filters, the mean on the same scale."""
+    labels = labels or [f"block {b}" for b in range(len(kernels))]
     fig, axes = plt.subplots(
         len(kernels),
         channels + 1,
@@ -245,7 +274,7 @@ def plot_depthwise_kernels(kernels: list[torch.Tensor], channels: int = 12, titl
         panels = [("mean |w|", kernel.abs().mean(0))] + [(f"ch {c}", kernel[c]) for c in range(channels)]
         for ax, (name, values) in zip(axes[b], panels):
             image = ax.imshow(values.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, extent=extent)
-            ax.set_title(f"block {b}, {name}" if name.startswith("mean") else name, fontsize=6)
+            ax.set_title(f"{labels[b]}, {name}" if name.startswith("mean") else name, fontsize=6)
             ax.set_xticks([])
             ax.set_yticks([])
         axes[b, 0].set_ylabel("dy", fontsize=7)

@@ -14,6 +14,7 @@ import torch.nn as nn  # noqa: E402
 import coatlib  # noqa: E402
 from coatlib.inspection import (  # noqa: E402
     attention_layers,
+    attention_locality,
     attention_maps,
     bias_locality,
     bias_tables,
@@ -165,4 +166,23 @@ def test_new_plots_have_labelled_axes_and_one_colour_scale(model):
     fig = plot_depthwise_kernels(kernels, channels=4)
     panels = [ax for ax in fig.axes if ax.images]
     assert len(panels) == 5 * len(kernels) and len({ax.images[0].get_clim() for ax in panels}) == 1
+    plt.close("all")
+
+
+def test_attention_locality_without_content_is_the_bias_locality(model):
+    _bump_at(model, (0, 0))
+    with torch.no_grad():
+        layer = attention_layers(model, 3)[0]
+        layer.relative_bias_table.copy_(torch.randn_like(layer.relative_bias_table))
+    shares = attention_locality(model, torch.randn(2, 3, 128, 128), stage=3)
+    assert len(shares) == len(attention_layers(model, 3))
+    torch.testing.assert_close(shares[0], bias_locality(bias_tables(model, 3)[0]))
+
+
+def test_plots_take_labels(model):
+    tables = bias_tables(model, 3)
+    fig = plot_bias_tables(tables, labels=[f"trained {b}" for b in range(len(tables))])
+    assert fig.axes[0].get_title() == "trained 0, head 0"
+    fig = plot_depthwise_kernels(depthwise_kernels(model, 2)[:1], channels=2, labels=["S2"])
+    assert fig.axes[0].get_title() == "S2, mean |w|"
     plt.close("all")
