@@ -214,7 +214,7 @@ def erf_size(field: torch.Tensor, mass: float = 0.9) -> int:
     cx = round((field.sum(0) * torch.arange(W)).sum().item() / total.item())
     for r in range(max(H, W)):
         inside = field[max(cy - r, 0) : cy + r + 1, max(cx - r, 0) : cx + r + 1].sum()
-        if inside >= mass * total:
+        if inside >= (mass - 1e-6) * total:  # 1e-6: float rounding of the sums, for mass=1
             return 2 * r + 1
     return max(H, W)
 
