@@ -1,12 +1,20 @@
-"""Looking inside a CoAtNet: the learned relative-bias tables and where a head attends.
+"""Looking inside a CoAtNet: bias tables, attention, receptive fields and depthwise kernels.
 
 Works on the paper's CoAtNet and on timm's rw models alike (any model whose
-``model.stages[i].blocks`` hold ``.attn`` relative-attention modules):
+``model.stages[i].blocks`` hold ``.attn`` relative-attention modules), trained
+or not:
 
 * ``bias_tables(model, stage)``: every block's table ``w`` of Eq. 3, ``(heads, 2H-1, 2W-1)``;
+* ``bias_locality(table, radius)``: how much of a head's attention its table alone puts
+  within ``radius`` of the query, one number per head;
 * ``attention_maps(model, image, stage, query)``: the attention weights of each head from
-  one query position of a stage's map, ``(heads, H, W)``;
-* ``plot_bias_tables`` and ``plot_attention`` draw them.
+  one query position of a stage's map, ``(heads, H, W)``, and ``attention_locality``, the
+  share of the actual attention (content and bias) near the query;
+* ``effective_receptive_field(model, images, stage)``: how strongly each input pixel moves
+  the centre output of a stage (Luo et al. 2016), and ``erf_size`` its extent in pixels;
+* ``depthwise_kernels(model, stage)``: the depthwise filters of a stage's MBConv blocks;
+* ``plot_bias_tables``, ``plot_attention``, ``plot_receptive_fields`` and
+  ``plot_depthwise_kernels`` draw them.
 
 Stages are numbered as in the paper: S3 is ``stage=3`` (``model.stages[2]``).
 Cell ``[dy + H - 1, dx + W - 1]`` of a table is the bias from a query to the key
@@ -15,6 +23,8 @@ Cell ``[dy + H - 1, dx + W - 1]`` of a table is the bias from a query to the key
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import matplotlib.pyplot as plt
 import torch
@@ -37,6 +47,25 @@ def bias_tables(model: nn.Module, stage: int) -> list[torch.Tensor]:
     return [layer.relative_bias_table.detach().float().cpu().clone() for layer in attention_layers(model, stage)]
 
 
+def bias_locality(table: torch.Tensor, radius: int = 1) -> torch.Tensor:
+    """Share of each head's attention within ``radius`` of the query when the content is zero.
+
+    With ``q = k = 0`` the attention of Eq. 3 is ``softmax_j(w[i - j])``: the table alone decides where a
+    head looks. For every query ``i`` of the ``H x W`` map this sums the weights on the keys ``j`` with
+    ``|dy| <= radius`` and ``|dx| <= radius`` (a ``(2 radius + 1)``-square around the query, as a
+    ``3 x 3`` convolution sees for ``radius=1``), then averages over the queries. ``table`` is one block's
+    ``(heads, 2H-1, 2W-1)``; the result is ``(heads,)``. A flat table gives the share of keys in that
+    square (smaller at the border); a table that only looks at the query gives 1.
+    """
+    H, W = (table.shape[1] + 1) // 2, (table.shape[2] + 1) // 2
+    rows, cols = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    dy = rows.flatten()[:, None] - rows.flatten()[None]  # (N, N): query i, key j, offset i - j
+    dx = cols.flatten()[:, None] - cols.flatten()[None]
+    bias = table.float()[:, dy + H - 1, dx + W - 1]  # (heads, N, N)
+    near = (dy.abs() <= radius) & (dx.abs() <= radius)
+    return (bias.softmax(-1) * near).sum(-1).mean(-1)
+
+
 @torch.no_grad()
 def attention_maps(
     model: nn.Module, image: torch.Tensor, stage: int, query: tuple[int, int], block: int = 0
@@ -45,24 +74,49 @@ def attention_maps(
     ``query = (row, col)``: its attention weights over the ``H x W`` map, ``(heads, H, W)``
     (each map sums to 1). ``image`` is one normalised image ``(3, H_img, W_img)`` or a batch of one."""
     layer = attention_layers(model, stage)[block]
-    seen = []
-    handle = layer.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
-    try:
-        model.eval()(image if image.ndim == 4 else image[None])
-    finally:
-        handle.remove()
     H, W = layer.map_size
     row, col = query
     if not (0 <= row < H and 0 <= col < W):
         raise ValueError(f"query {query} is outside the {H}x{W} map of S{stage}")
-    weights = layer.attention_weights(seen[0])[0]  # (heads, N, N): row = query, column = key
-    return weights[:, row * W + col].reshape(-1, H, W).float().cpu()
+    weights = _attention_weights(model, layer, image if image.ndim == 4 else image[None])[0]
+    return weights[:, row * W + col].reshape(-1, H, W).float().cpu()  # row = query, column = key
 
 
-def plot_bias_tables(tables: list[torch.Tensor], title: str = "", columns: int = 12) -> plt.Figure:
+def _attention_weights(model: nn.Module, layer: RelativeAttention, images: torch.Tensor) -> torch.Tensor:
+    """Run ``model`` on ``images`` and return ``layer``'s attention weights ``(B, heads, N, N)``."""
+    seen = []
+    handle = layer.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    try:
+        model.eval()(images)
+    finally:
+        handle.remove()
+    return layer.attention_weights(seen[0])
+
+
+@torch.no_grad()
+def attention_locality(model: nn.Module, images: torch.Tensor, stage: int, radius: int = 1) -> list[torch.Tensor]:
+    """``bias_locality`` with the content: the share of each head's actual attention on ``images`` within
+    ``radius`` of the query (``|dy|, |dx| <= radius``), averaged over the queries and the images; one
+    ``(heads,)`` tensor per block of stage ``S{stage}``."""
+    shares = []
+    for layer in attention_layers(model, stage):
+        H, W = layer.map_size
+        rows, cols = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+        rows, cols = rows.flatten(), cols.flatten()
+        near = ((rows[:, None] - rows[None]).abs() <= radius) & ((cols[:, None] - cols[None]).abs() <= radius)
+        weights = _attention_weights(model, layer, images).float().cpu()  # (B, heads, N, N)
+        shares.append((weights * near).sum(-1).mean((0, 2)))
+    return shares
+
+
+def plot_bias_tables(
+    tables: list[torch.Tensor], title: str = "", columns: int = 12, labels: list[str] | None = None
+) -> plt.Figure:
     """Every head of every block as a 2-D map over the offset ``(dy, dx)``: one row of up to
-    ``columns`` heads per block (wrapped), one colour scale centred on zero. (In timm's rw
-    models the first block of a stage has half the heads of the others.)"""
+    ``columns`` heads per block (wrapped), one colour scale centred on zero. ``labels`` names the
+    tables (default ``block 0``, ``block 1`` ...), e.g. to put a stage before and after training in
+    one figure. (In timm's rw models the first block of a stage has half the heads of the others.)"""
+    labels = labels or [f"block {b}" for b in range(len(tables))]
     most = max(t.shape[0] for t in tables)
     per_row = min(columns, most)
     rows_per_block = -(-most // per_row)
@@ -81,7 +135,7 @@ def plot_bias_tables(tables: list[torch.Tensor], title: str = "", columns: int =
         for head in range(table.shape[0]):
             ax = axes[b * rows_per_block + head // per_row, head % per_row]
             image = ax.imshow(table[head].numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, extent=extent)
-            ax.set_title(f"block {b}, head {head}", fontsize=6)
+            ax.set_title(f"{labels[b]}, head {head}", fontsize=6)
     for ax in axes[-1]:
         ax.set_xlabel("dx", fontsize=7)
     for ax in axes[:, 0]:
@@ -112,5 +166,120 @@ def plot_attention(
         ax.set_title(f"head {head}", fontsize=8)
         ax.set_xlabel("column")
         ax.set_ylabel("row")
+    fig.suptitle(title)
+    return fig
+
+
+def stage_output(model: nn.Module, images: torch.Tensor, stage: int) -> torch.Tensor:
+    """The feature map after stage ``S{stage}`` (0 is the stem): ``(B, D, H, W)``."""
+    x = model.stem(images)
+    for block in model.stages[:stage]:
+        x = block(x)
+    return x
+
+
+def effective_receptive_field(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, stage: int | None = None
+) -> torch.Tensor:
+    """How much each input pixel moves the centre of a feature map, averaged over ``images`` (Luo et al. 2016).
+
+    The feature map is ``stage_output(model, images, stage)`` for a CoAtNet, or ``model(images)`` when
+    ``stage`` is None (any function from images ``(B, C, H, W)`` to maps ``(B, D, h, w)``, e.g. one
+    convolution). Each image's gradient of the centre position ``(h // 2, w // 2)`` of the map, summed
+    over its ``D`` channels, with respect to the input is taken in absolute value, summed over the input
+    channels and averaged over the images; the result ``(H, W)`` is scaled to sum to 1. BatchNorm runs
+    in eval mode, so the images do not see each other.
+    """
+    if isinstance(model, nn.Module):
+        model.eval()
+    x = images.detach().clone().requires_grad_(True)
+    out = model(x) if stage is None else stage_output(model, x, stage)
+    h, w = out.shape[-2:]
+    out[:, :, h // 2, w // 2].sum().backward()
+    field = x.grad.abs().sum(1).mean(0)
+    return field / field.sum()
+
+
+def erf_size(field: torch.Tensor, mass: float = 0.9) -> int:
+    """Side in pixels of the smallest square around the field's centre that holds ``mass`` of ``field``.
+
+    The square is centred on the pixel nearest the field's centre of mass (a stage's centre output sits
+    a few pixels off the image centre: S3's position 4 of 8 covers pixels 64 to 79 of 128) and grows
+    one pixel each side at a time (odd sides ``1, 3, 5, ...``), clipped at the image border; a field
+    that never reaches ``mass`` inside the image gives the image's larger side.
+    """
+    H, W = field.shape
+    total = field.sum()
+    cy = round((field.sum(1) * torch.arange(H)).sum().item() / total.item())
+    cx = round((field.sum(0) * torch.arange(W)).sum().item() / total.item())
+    for r in range(max(H, W)):
+        inside = field[max(cy - r, 0) : cy + r + 1, max(cx - r, 0) : cx + r + 1].sum()
+        if inside >= (mass - 1e-6) * total:  # 1e-6: float rounding of the sums, for mass=1
+            return 2 * r + 1
+    return max(H, W)
+
+
+def depthwise_kernels(model: nn.Module, stage: int) -> list[torch.Tensor]:
+    """The depthwise filters of every MBConv block of stage ``S{stage}``: ``(channels, k, k)`` each, a copy."""
+    convs = [  # the paper's block: .dw = ConvNormAct, [0] the conv; timm's rw block: .dw holds it
+        next(m for m in b.dw.modules() if isinstance(m, nn.Conv2d))
+        for b in model.stages[stage - 1].blocks
+        if hasattr(b, "dw")
+    ]
+    if not convs:
+        raise ValueError(f"stage S{stage} has no MBConv blocks with a depthwise convolution")
+    return [conv.weight.detach().float().cpu()[:, 0].clone() for conv in convs]
+
+
+def plot_receptive_fields(fields: dict[str, torch.Tensor], title: str = "", columns: int = 4) -> plt.Figure:
+    """One panel per named field ``(H, W)`` (from ``effective_receptive_field``), each with its 90% square
+    (``erf_size``) in the title. Each field is divided by its peak, so that one colour scale, 0 to 1,
+    shows a concentrated field (S1) and a spread-out one (S4) alike."""
+    rows = -(-len(fields) // columns)
+    per_row = min(columns, len(fields))
+    fig, axes = plt.subplots(
+        rows, per_row, figsize=(2.4 * per_row, 2.4 * rows + 0.5), squeeze=False, layout="constrained"
+    )
+    for ax in axes.flat[len(fields) :]:
+        ax.set_visible(False)
+    for ax, (name, field) in zip(axes.flat, fields.items()):
+        image = ax.imshow((field / field.max()).numpy(), cmap="viridis", vmin=0, vmax=1)
+        ax.set_title(f"{name}: 90% in {erf_size(field)} px", fontsize=8)
+        ax.set_xlabel("column (pixel)", fontsize=7)
+        ax.set_ylabel("row (pixel)", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.colorbar(image, ax=axes, shrink=0.7, label="|gradient| / its peak")
+    fig.suptitle(title)
+    return fig
+
+
+def plot_depthwise_kernels(
+    kernels: list[torch.Tensor], channels: int = 12, title: str = "", labels: list[str] | None = None
+) -> plt.Figure:
+    """The first ``channels`` depthwise filters of each block (one row per block, named by ``labels``,
+    default ``block 0`` ...) and, in the first column, their mean absolute value over all the block's
+    channels; one colour scale centred on zero for the filters, the mean on the same scale."""
+    labels = labels or [f"block {b}" for b in range(len(kernels))]
+    fig, axes = plt.subplots(
+        len(kernels),
+        channels + 1,
+        figsize=(0.8 * (channels + 1) + 1.2, 0.9 * len(kernels) + 0.7),
+        squeeze=False,
+        layout="constrained",
+    )
+    limit = max(k[:channels].abs().max().item() for k in kernels)
+    k = kernels[0].shape[-1]
+    extent = (-(k // 2) - 0.5, k // 2 + 0.5, k // 2 + 0.5, -(k // 2) - 0.5)  # offsets from the centre tap
+    for b, kernel in enumerate(kernels):
+        panels = [("mean |w|", kernel.abs().mean(0))] + [(f"ch {c}", kernel[c]) for c in range(channels)]
+        for ax, (name, values) in zip(axes[b], panels):
+            image = ax.imshow(values.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, extent=extent)
+            ax.set_title(f"{labels[b]}, {name}" if name.startswith("mean") else name, fontsize=6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[b, 0].set_ylabel("dy", fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("dx", fontsize=7)
+    fig.colorbar(image, ax=axes, shrink=0.7, label="weight")
     fig.suptitle(title)
     return fig

@@ -592,3 +592,70 @@ def test_shift_mask():
         shift_mask_answer(h, w, win, s), "(a b) i j -> (b a) i j", a=h // win
     )
     fails(ex.check_shift_mask, column_major, "reading order")
+
+
+# chapter 5c -----------------------------------------------------------------
+
+
+def centre_gradient(net, images):
+    images = images.clone().requires_grad_(True)
+    out = net(images)
+    h, w = out.shape[-2:]
+    out[:, :, h // 2, w // 2].sum().backward()
+    field = images.grad.abs().sum(1).mean(0)
+    return field / field.sum()
+
+
+def test_centre_gradient():
+    passes(ex.check_centre_gradient, centre_gradient)
+    fails(ex.check_centre_gradient, lambda n, x: centre_gradient(n, x) * 7, "sum to 1")
+
+    def signed(net, images):
+        images = images.clone().requires_grad_(True)
+        out = net(images)
+        out[:, :, out.shape[-2] // 2, out.shape[-1] // 2].sum().backward()
+        field = images.grad.sum(1).mean(0)
+        return field / field.sum()
+
+    fails(ex.check_centre_gradient, signed, "absolute value")
+
+    def whole_map(net, images):
+        images = images.clone().requires_grad_(True)
+        net(images).sum().backward()
+        field = images.grad.abs().sum(1).mean(0)
+        return field / field.sum()
+
+    fails(ex.check_centre_gradient, whole_map, "only the centre output")
+
+
+def test_flat_locality():
+    passes(ex.check_flat_locality, ex.flat_locality)
+    passes(ex.check_flat_locality, lambda H, W, r: torch.tensor(ex.flat_locality(H, W, r)))
+    fails(ex.check_flat_locality, lambda H, W, r: (2 * r + 1) ** 2 / (H * W), "fewer neighbours")
+    fails(ex.check_flat_locality, lambda H, W, r: ex.flat_locality(H, W, r) * H * W, "not a count")
+    fails(ex.check_flat_locality, lambda H, W, r: "0.12", "return a number")
+
+
+def test_gaussian_table():
+    passes(ex.check_gaussian_table, ex.gaussian_table)
+    fails(ex.check_gaussian_table, lambda H, W, s: -ex.gaussian_table(H, W, s), "minus sign")
+    fails(ex.check_gaussian_table, lambda H, W, s: ex.gaussian_table(H, W, s) * 2, "not sigma^2")
+    fails(ex.check_gaussian_table, lambda H, W, s: ex.gaussian_table(H, W, s).exp(), "leave out the exp")
+    fails(ex.check_gaussian_table, lambda H, W, s: ex.gaussian_table(H, W, s)[:H, :W], "(2H-1) x (2W-1)")
+
+
+def test_gaussian_table_in_a_model_gives_a_gaussian_attention_around_the_query():
+    """Zero content and the Gaussian table: the attention from a query is exp(-d^2 / 2 sigma^2), normalised."""
+    torch.manual_seed(0)
+    model = coatlib.create_model("coatnet_pico", image_size=128).eval()
+    layer = model.stages[2].blocks[0].attn
+    with torch.no_grad():
+        layer.qkv.weight.zero_()
+        layer.qkv.bias.zero_()
+        layer.relative_bias_table.copy_(ex.gaussian_table(8, 8, 1.0).expand_as(layer.relative_bias_table))
+    from coatlib.inspection import attention_maps
+
+    maps = attention_maps(model, torch.randn(3, 128, 128), stage=3, query=(4, 4))
+    rows, cols = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    want = torch.exp(-((rows - 4) ** 2 + (cols - 4) ** 2) / 2)
+    torch.testing.assert_close(maps[0], want / want.sum())

@@ -1,4 +1,5 @@
-"""coatlib.inspection on randomly initialised models: bias tables, attention maps, and their plots."""
+"""coatlib.inspection on randomly initialised models and known cases: bias tables, their locality,
+attention maps, effective receptive fields, depthwise kernels, and their plots."""
 
 from __future__ import annotations
 
@@ -8,9 +9,25 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
 
 import coatlib  # noqa: E402
-from coatlib.inspection import attention_layers, attention_maps, bias_tables, plot_attention, plot_bias_tables  # noqa: E402
+from coatlib.inspection import (  # noqa: E402
+    attention_layers,
+    attention_locality,
+    attention_maps,
+    bias_locality,
+    bias_tables,
+    depthwise_kernels,
+    effective_receptive_field,
+    erf_size,
+    plot_attention,
+    plot_bias_tables,
+    plot_depthwise_kernels,
+    plot_receptive_fields,
+    stage_output,
+)
+from coatlib.models.coatnet import LAYOUTS  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["coatnet_nano_rw", "coatnet_pico"])
@@ -71,4 +88,101 @@ def test_plots_draw_every_head_with_labelled_axes(model):
     maps = attention_maps(model, torch.randn(3, 128, 128), stage=3, query=(2, 2))
     fig = plot_attention(maps, (2, 2), picture=torch.rand(128, 128, 3), heads=[0, 1])
     assert len(fig.axes) == 2 and all(ax.get_xlabel() == "column" and ax.get_ylabel() == "row" for ax in fig.axes)
+    plt.close("all")
+
+
+# --- locality, receptive fields and depthwise kernels -------------------------------------------
+
+
+def test_locality_of_a_flat_table_is_the_share_of_keys_near_the_query():
+    """Content aside, a flat table attends uniformly: the share is the number of keys in the
+    3x3 square around each query over all 64, averaged over the queries (fewer at the border)."""
+    per_axis = (2 * 2 + 6 * 3) / 8  # 8 positions: the two at the ends have 2 neighbours within 1, the rest 3
+    flat = bias_locality(torch.zeros(4, 15, 15), radius=1)
+    torch.testing.assert_close(flat, torch.full((4,), per_axis**2 / 64))
+    assert bias_locality(torch.zeros(1, 15, 15), radius=7).item() == pytest.approx(1.0)
+
+
+def test_locality_of_a_bump_at_the_query_is_one():
+    table = torch.full((2, 7, 7), -30.0)
+    table[:, 3, 3] = 0.0  # offset (0, 0): every query looks at itself
+    torch.testing.assert_close(bias_locality(table, radius=0), torch.ones(2))
+    table[1] = 0.0
+    table[1, 2:5, 2:5] = -30.0  # offsets within 1 forbidden: the head looks only further away
+    assert bias_locality(table, radius=1)[1] < 1e-6
+
+
+def test_receptive_field_of_one_3x3_convolution_is_3x3():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    field = effective_receptive_field(conv, torch.randn(5, 3, 9, 9))
+    assert field.shape == (9, 9) and field.sum().item() == pytest.approx(1.0)
+    assert (field > 0).nonzero().tolist() == [[r, c] for r in range(3, 6) for c in range(3, 6)]
+    assert erf_size(field, mass=1.0) == 3
+    stacked = effective_receptive_field(nn.Sequential(conv, nn.Conv2d(4, 4, 3, padding=1)), torch.randn(5, 3, 9, 9))
+    assert erf_size(stacked, mass=1.0) == 5
+
+
+def test_erf_size_of_known_fields():
+    field = torch.zeros(11, 11)
+    field[5, 5] = 1.0
+    assert erf_size(field) == 1
+    field[4:7, 4:7] = 1.0
+    assert erf_size(field, mass=0.5) == 3
+    assert erf_size(torch.ones(11, 11), mass=1.0) == 11
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_shapes_for_every_stage_of_every_layout(layout):
+    torch.manual_seed(0)
+    model = coatlib.create_model("coatnet_pico", image_size=64, layout=layout).eval()
+    images = torch.randn(2, 3, 64, 64)
+    kinds = ["T"] * 4 if layout == "ViT-Rel" else layout.split("-")
+    for stage in range(1, 5) if layout != "ViT-Rel" else ():
+        side = 64 // 2 ** (stage + 1)
+        assert stage_output(model, images, stage).shape[-2:] == (side, side)
+        field = effective_receptive_field(model, images, stage)
+        assert field.shape == (64, 64) and field.sum().item() == pytest.approx(1.0)
+        if kinds[stage - 1] == "C":
+            assert all(k.shape[1:] == (3, 3) for k in depthwise_kernels(model, stage))
+            with pytest.raises(ValueError, match="S3 and S4"):
+                bias_tables(model, stage)
+        else:
+            tables = bias_tables(model, stage)
+            assert all(t.shape[1:] == (2 * side - 1, 2 * side - 1) for t in tables)
+            assert all(bias_locality(t).shape == t.shape[:1] for t in tables)
+            with pytest.raises(ValueError, match="no MBConv"):
+                depthwise_kernels(model, stage)
+
+
+def test_new_plots_have_labelled_axes_and_one_colour_scale(model):
+    images = torch.randn(2, 3, 128, 128)
+    fields = {f"S{s}": effective_receptive_field(model, images, s) for s in (1, 2)}
+    fig = plot_receptive_fields(fields, title="ERF")
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 2 and all(ax.get_xlabel() == "column (pixel)" for ax in panels)
+    assert len({ax.images[0].get_clim() for ax in panels}) == 1
+    kernels = depthwise_kernels(model, 1)
+    fig = plot_depthwise_kernels(kernels, channels=4)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 5 * len(kernels) and len({ax.images[0].get_clim() for ax in panels}) == 1
+    plt.close("all")
+
+
+def test_attention_locality_without_content_is_the_bias_locality(model):
+    _bump_at(model, (0, 0))
+    with torch.no_grad():
+        layer = attention_layers(model, 3)[0]
+        layer.relative_bias_table.copy_(torch.randn_like(layer.relative_bias_table))
+    shares = attention_locality(model, torch.randn(2, 3, 128, 128), stage=3)
+    assert len(shares) == len(attention_layers(model, 3))
+    torch.testing.assert_close(shares[0], bias_locality(bias_tables(model, 3)[0]))
+
+
+def test_plots_take_labels(model):
+    tables = bias_tables(model, 3)
+    fig = plot_bias_tables(tables, labels=[f"trained {b}" for b in range(len(tables))])
+    assert fig.axes[0].get_title() == "trained 0, head 0"
+    fig = plot_depthwise_kernels(depthwise_kernels(model, 2)[:1], channels=2, labels=["S2"])
+    assert fig.axes[0].get_title() == "S2, mean |w|"
     plt.close("all")

@@ -16,7 +16,8 @@ when wrong) so the notebook goes on. ``CHECKS`` maps each check's name to its
 function, for graders. The cell conventions of exercises and solutions are
 described in :mod:`coatlib.teaching.book`.
 
-The checks live in one module per chapter (``ch1_depthwise`` ... ``ch7_scaling``)
+The checks live in one module per chapter (``ch1_depthwise`` ... ``ch7_scaling``, with
+``ch5c_inside`` for chapter 5c)
 and are all importable from here.
 """
 
@@ -51,6 +52,13 @@ from coatlib.teaching.exercises.ch5_coatnet import (
     check_resize_table,
     check_transformer_params,
 )
+from coatlib.teaching.exercises.ch5c_inside import (
+    check_centre_gradient,
+    check_flat_locality,
+    check_gaussian_table,
+    flat_locality,
+    gaussian_table,
+)
 from coatlib.teaching.exercises.ch6_family import check_scale_stage, check_shift_mask
 from coatlib.teaching.exercises.ch7_scaling import (
     check_channels_last_strides,
@@ -84,6 +92,11 @@ __all__ = [
     "bias_params",
     "check_transformer_params",
     "check_resize_table",
+    "check_centre_gradient",
+    "check_flat_locality",
+    "flat_locality",
+    "check_gaussian_table",
+    "gaussian_table",
     "check_scale_stage",
     "check_shift_mask",
     "check_channels_last_strides",
