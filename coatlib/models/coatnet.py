@@ -256,16 +256,7 @@ class CoAtNet(nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """``nn.Module.load_state_dict``; with ``strict=True`` a state dict of another model is refused
         with its missing and unexpected keys grouped by stage (``stem``, ``stages.0`` ...)."""
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        if strict and (result.missing_keys or result.unexpected_keys):
-            raise RuntimeError(
-                f"this state dict does not fit {type(self).__name__} {self.config_name()}:\n"
-                + _grouped("missing", result.missing_keys)
-                + _grouped("unexpected", result.unexpected_keys)
-                + "is it from another model, layout or variant? Build the model it was saved from "
-                "(create_model(name, ...)), or pass strict=False to load only the matching keys."
-            )
-        return result
+        return load_by_stage(self, state_dict, strict, assign)
 
     def config_name(self) -> str:
         return next((f"{n!r}" for n, c in CONFIGS.items() if c == self.config), repr(self.config)) + (
@@ -295,6 +286,20 @@ def check_coatnet_size(image_size: int | tuple[int, int], layout: str) -> tuple[
             f"{nearest_multiples(max(H, 1), multiple)}, width {nearest_multiples(max(W, 1), multiple)}"
         )
     return H, W
+
+
+def load_by_stage(model: nn.Module, state_dict, strict: bool, assign: bool):
+    """``nn.Module.load_state_dict`` whose refusal lists the missing and unexpected keys by stage."""
+    result = nn.Module.load_state_dict(model, state_dict, strict=False, assign=assign)
+    if strict and (result.missing_keys or result.unexpected_keys):
+        raise RuntimeError(
+            f"this state dict does not fit {type(model).__name__} {model.config_name()}:\n"
+            + _grouped("missing", result.missing_keys)
+            + _grouped("unexpected", result.unexpected_keys)
+            + "is it from another model, layout or variant? Build the model it was saved from "
+            "(create_model(name, ...)), or pass strict=False to load only the matching keys."
+        )
+    return result
 
 
 def _grouped(what: str, keys: list[str]) -> str:

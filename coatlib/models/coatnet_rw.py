@@ -72,7 +72,7 @@ from coatlib.layers import (
     init_weights,
     make_pool,
 )
-from coatlib.models.coatnet import CoAtNet, Stage, _grouped, check_coatnet_size
+from coatlib.models.coatnet import CoAtNet, Stage, check_coatnet_size, load_by_stage
 from coatlib.registry import register_model
 
 
@@ -303,16 +303,7 @@ class RwCoAtNet(nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """``nn.Module.load_state_dict``; with ``strict=True`` a state dict of another model is refused
         with its missing and unexpected keys grouped by stage, as the paper's CoAtNet does."""
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        if strict and (result.missing_keys or result.unexpected_keys):
-            raise RuntimeError(
-                f"this state dict does not fit {type(self).__name__} {self.config_name()}:\n"
-                + _grouped("missing", result.missing_keys)
-                + _grouped("unexpected", result.unexpected_keys)
-                + "is it from another model? Build the model it was saved from (create_model(name, ...)), "
-                "or pass strict=False to load only the matching keys."
-            )
-        return result
+        return load_by_stage(self, state_dict, strict, assign)
 
     def config_name(self) -> str:
         return next((f"{n!r}" for n, c in RW_CONFIGS.items() if c == self.config), repr(self.config))
