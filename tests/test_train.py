@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset, Subset
+from fsdp_worker import CrashAfter, Interrupted  # the same crash, shared with the FSDP runs
+from torch.utils.data import Subset
 
 import coatlib
 from coatlib.data import load
@@ -66,26 +67,6 @@ def test_same_seed_same_history(digits16):
     ]
     assert without_timing(runs[0]) == without_timing(runs[1])  # showing the progress bar changes nothing
     assert runs[0]["train_loss"] != runs[2]["train_loss"]  # the seed changes data order and augmentation
-
-
-class Interrupted(Exception):
-    pass
-
-
-class CrashAfter(Dataset):
-    """The wrapped data set, until ``n`` images have been read: then the run 'crashes'."""
-
-    def __init__(self, data, n):
-        self.data, self.n, self.reads = data, n, 0
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, i):
-        self.reads += 1
-        if self.reads > self.n:
-            raise Interrupted
-        return self.data[i]
 
 
 def test_resumed_run_equals_uninterrupted_run(digits16, tmp_path):
