@@ -16,7 +16,7 @@ is multiplied by 10 (the tables have no weight decay), and nothing else changes,
 
 The result is one JSON file (the chapter reads it): command, settings, seeds, library versions, date, and
 per variant and seed the curves of training loss and test accuracy, the seconds, and a summary of the
-trained tables. The default run takes about 8 minutes on one CPU thread:
+trained tables. The default run takes about 5 minutes on one CPU thread:
 
     OMP_NUM_THREADS=1 python benchmarks/chapter3_bias.py            # -> coatlib/artefacts/chapter3_bias.json
     OMP_NUM_THREADS=1 python benchmarks/chapter3_bias.py --quick --out /tmp/bias.json   # seconds, a test
