@@ -4,8 +4,9 @@
 layout, on any device including ``meta``): stem, then S1..S4 as runs of
 MBConv ("C") or Transformer ("T") blocks with their width D and feature-map
 size, the rows of the paper's Table 3. ``draw_stages(model)`` draws them;
-``plot_layouts(result)`` draws a ``coatlib.experiments.layouts`` result the
-way the paper's Figure 2 compares its five candidates.
+``plot_layout_sweep(record)`` draws the layout study of
+``coatlib.experiments.layout_sweep``: accuracy and training loss against data
+size, and accuracy at equal training loss.
 
 Every figure has labelled axes and an opaque white background, so that it
 reads the same in the book's light and dark themes.
@@ -143,36 +144,61 @@ def stage_legend(ax: plt.Axes, kinds=tuple(COLORS), **kwargs):
     return ax.legend(handles=handles, **{"fontsize": 7, "loc": "upper left", "facecolor": "white", **kwargs})
 
 
-def plot_layouts(result: dict, ax: plt.Axes | None = None, title: str | None = None) -> plt.Figure:
-    """Draw a ``coatlib.experiments.layouts`` result like the paper's Figure 2: one bar per candidate
-    for its final training loss (left axis) and its test accuracy as a line (right axis), in the
-    order the candidates were trained. Returns the figure."""
-    rows = result.get("results") if isinstance(result, dict) else None
+LAYOUT_COLORS = {
+    "ViT-Rel": "#8c8c8c",
+    "C-C-C-C": "#4c72b0",
+    "C-C-C-T": "#55a868",
+    "C-C-T-T": "#dd8452",
+    "C-T-T-T": "#c44e52",
+}
+
+
+def plot_layout_sweep(record: dict, data: str | None = None, axes=None) -> plt.Figure:
+    """Draw a ``coatlib.experiments.layout_sweep`` record for one data set (default: its task) in three
+    panels, each point the mean over seeds with its standard error as a bar:
+
+    1. test accuracy against the number of training images (generalisation at each data size);
+    2. final training loss against the number of training images (capacity: how low each layout fits);
+    3. test accuracy against final training loss, one line per layout through its data sizes
+       (the paper's criterion: at equal training loss, the higher point generalises better).
+    """
+    from coatlib.experiments import PAPER_ORDER, sweep_summary
+
+    runs = record.get("runs") if isinstance(record, dict) else None
+    if not runs:
+        raise ValueError("plot_layout_sweep needs a record of coatlib.experiments.layout_sweep with finished runs")
+    data = data or record["settings"]["task"]["data"]
+    rows = [r for r in sweep_summary(record) if r["data"] == data]
     if not rows:
-        raise ValueError(
-            "plot_layouts needs the dict returned by coatlib.experiments.layouts(...) with at least one result"
-        )
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
-    fig = ax.figure
-    acc_ax = ax.twinx()
-    _opaque(fig, ax)
-    names = [r["layout"] for r in rows]
-    xs = range(len(rows))
-    ax.bar(xs, [r["train_loss"] for r in rows], width=0.6, color="#4c72b0", label="final training loss")
-    acc_ax.plot(xs, [r["test_acc"] for r in rows], "o-", color="#c44e52", label="test accuracy")
-    ax.set_xticks(list(xs), names)
-    ax.set_xlabel("layout")
-    ax.set_ylabel("final training loss", color="#4c72b0")
-    acc_ax.set_ylabel("test accuracy", color="#c44e52")
-    # head room above the bars and the line for the legend
-    ax.set_ylim(0, 1.35 * max(r["train_loss"] for r in rows))
-    acc_ax.set_ylim(0, 1.35)
-    acc_ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    if title is None:
-        s = result.get("settings", {})
-        title = f"{s.get('data', '?')}: {s.get('train_images', '?')} training images, {s.get('epochs', '?')} epochs"
-    ax.set_title(title, fontsize=10)
-    lines = ax.get_legend_handles_labels()[0] + acc_ax.get_legend_handles_labels()[0]
-    ax.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="upper center", ncol=2, facecolor="white")
+        raise ValueError(f"the record has no finished runs on {data!r}")
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
+    fig = axes[0].figure
+    _opaque(fig, *axes)
+    for layout in PAPER_ORDER:
+        mine = [r for r in rows if r["layout"] == layout]
+        if not mine:
+            continue
+        style = {"color": LAYOUT_COLORS[layout], "marker": "o", "markersize": 4, "capsize": 3, "label": layout}
+        sizes = [r["size"] for r in mine]
+        acc, acc_se = [r["test_acc"] for r in mine], [r["test_acc_se"] for r in mine]
+        loss, loss_se = [r["train_loss"] for r in mine], [r["train_loss_se"] for r in mine]
+        axes[0].errorbar(sizes, acc, yerr=acc_se, **style)
+        axes[1].errorbar(sizes, loss, yerr=loss_se, **style)
+        axes[2].errorbar(loss, acc, xerr=loss_se, yerr=acc_se, **style)
+    seeds = sorted({r["seeds"] for r in rows})
+    for ax in axes[:2]:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("training images (log scale)")
+    axes[0].set(ylabel="test accuracy", title=f"{data}: test accuracy")
+    axes[1].set(ylabel="final training loss (eval mode)", title=f"{data}: training loss (capacity)")
+    axes[2].set(
+        xlabel="final training loss (falling to the right)",
+        ylabel="test accuracy",
+        title=f"{data}: test accuracy at equal training loss",
+    )
+    axes[2].invert_xaxis()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, title=f"mean ± SE, {'/'.join(map(str, seeds))} seeds", title_fontsize=8)
     return fig

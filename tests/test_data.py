@@ -129,6 +129,26 @@ def test_same_different_label_is_the_relation_between_two_far_glyphs():
     assert 0.4 < np.mean(labels) < 0.6
 
 
+def test_same_different_with_an_alphabet_draws_every_glyph_from_it_in_both_splits():
+    train = SameDifferent("train", image_size=32, size=400, glyphs=8, seed=5)
+    test = SameDifferent("test", image_size=32, size=200, glyphs=8, seed=5)
+    alphabet = {g.tobytes() for g in train.alphabet}
+    assert len(alphabet) == 8 and {g.tobytes() for g in test.alphabet} == alphabet  # one alphabet per seed
+    pairs, labels = set(), []
+    for data in (train, test):
+        for i in range(len(data)):
+            _, (g1, g2), same = data.scene(i)
+            assert {g1.tobytes(), g2.tobytes()} <= alphabet and same == np.array_equal(g1, g2)
+            pairs.add((g1.tobytes(), g2.tobytes()))
+            labels.append(same)
+    assert len(pairs) > 40 and 0.4 < np.mean(labels) < 0.6  # of 8 + 56 possible ordered pairs
+    other = SameDifferent("train", size=10, glyphs=8, seed=6).alphabet
+    assert {g.tobytes() for g in other} != alphabet
+    for bad in (1, 2.5, "8"):
+        with pytest.raises(ValueError, match="glyphs must be an int >= 2"):
+            SameDifferent(glyphs=bad)
+
+
 def test_unknown_name_lists_the_available_ones():
     with pytest.raises(ValueError, match="Did you mean 'digits'.*Available: digits, textures, same_different, cifar10"):
         load("digit")

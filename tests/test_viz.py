@@ -7,7 +7,7 @@ from matplotlib.colors import to_hex, to_rgba
 
 import coatlib
 from coatlib.flops import count_params
-from coatlib.viz import COLORS, Segment, draw_stages, plot_layouts, stage_legend, stage_table
+from coatlib.viz import COLORS, Segment, draw_stages, plot_layout_sweep, stage_legend, stage_table
 
 
 def meta_model(name, **kw):
@@ -90,26 +90,48 @@ def test_draw_stages_on_given_axes_without_legend_and_stage_legend():
     assert [t.get_text().split(" ")[0] for t in legend.get_texts()] == ["MBConv", "TFMRel"]
 
 
-def fake_result():
-    rows = [
-        {"layout": layout, "train_loss": loss, "test_acc": acc}
-        for layout, loss, acc in [("ViT-Rel", 0.9, 0.5), ("C-C-C-C", 0.2, 0.95), ("C-C-T-T", 0.1, 0.9)]
-    ]
-    return {"settings": {"data": "digits", "train_images": 1437, "epochs": 15}, "results": rows}
+def fake_sweep():
+    """Two layouts, two sizes, two seeds; C-C-T-T at 100 images: accuracy 0.6 and loss 0.5, each with SE 0.1."""
+    runs = []
+    for layout, shift in [("C-C-C-C", 0.0), ("C-C-T-T", 0.1)]:
+        for size, gain in [(100, 0.0), (400, 0.2)]:
+            for seed, noise in [(0, -0.1), (1, 0.1)]:
+                runs.append(
+                    {
+                        "kind": "sweep",
+                        "data": "same_different",
+                        "layout": layout,
+                        "size": size,
+                        "seed": seed,
+                        "test_acc": 0.5 + shift + gain + noise,
+                        "train_loss": 0.6 - shift - gain + noise,
+                    }
+                )
+    runs.append({"kind": "lr", "data": "same_different", "layout": "C-C-C-C", "size": 100, "seed": 0})
+    return {"settings": {"task": {"data": "same_different"}}, "runs": runs}
 
 
-def test_plot_layouts_draws_losses_as_bars_and_accuracies_as_a_line():
-    fig = plot_layouts(fake_result())
-    loss_ax, acc_ax = fig.axes
-    assert [b.get_height() for b in loss_ax.patches] == [0.9, 0.2, 0.1]
-    assert list(acc_ax.lines[0].get_ydata()) == [0.5, 0.95, 0.9]
-    assert [t.get_text() for t in loss_ax.get_xticklabels()] == ["ViT-Rel", "C-C-C-C", "C-C-T-T"]
-    assert loss_ax.get_ylabel() == "final training loss" and acc_ax.get_ylabel() == "test accuracy"
-    assert loss_ax.get_title() == "digits: 1437 training images, 15 epochs"
-    assert len(loss_ax.get_legend().get_texts()) == 2
+def test_plot_layout_sweep_draws_means_with_standard_errors_in_three_panels():
+    fig = plot_layout_sweep(fake_sweep())
+    acc_ax, loss_ax, equal_ax = fig.axes
+    (cccc, cctt) = acc_ax.containers  # one errorbar per layout, in the paper's order
+    x, y = cctt.lines[0].get_data()
+    assert list(x) == [100, 400] and list(y) == pytest.approx([0.6, 0.8])
+    x, y = loss_ax.containers[1].lines[0].get_data()
+    assert list(y) == pytest.approx([0.5, 0.3])
+    x, y = equal_ax.containers[1].lines[0].get_data()  # accuracy against loss
+    assert list(x) == pytest.approx([0.5, 0.3]) and list(y) == pytest.approx([0.6, 0.8])
+    # the error bars are standard errors over the two seeds: sd 0.1414 / sqrt(2) = 0.1
+    segments = cctt.lines[2][0].get_segments()
+    assert [seg[1][1] - seg[0][1] for seg in segments] == pytest.approx([0.2, 0.2])
+    assert acc_ax.get_xscale() == "log" and equal_ax.xaxis_inverted()
+    assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == ["C-C-C-C", "C-C-T-T"]
+    assert acc_ax.get_ylabel() == "test accuracy" and equal_ax.get_xlabel().startswith("final training loss")
 
 
-def test_plot_layouts_rejects_what_is_not_a_result():
-    for bad in ({}, {"results": []}, [1, 2]):
-        with pytest.raises(ValueError, match="coatlib.experiments.layouts"):
-            plot_layouts(bad)
+def test_plot_layout_sweep_rejects_what_is_not_a_sweep():
+    for bad in ({}, {"runs": []}, [1, 2]):
+        with pytest.raises(ValueError, match="coatlib.experiments.layout_sweep"):
+            plot_layout_sweep(bad)
+    with pytest.raises(ValueError, match="no finished runs on 'textures'"):
+        plot_layout_sweep(fake_sweep(), data="textures")

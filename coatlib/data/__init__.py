@@ -9,7 +9,7 @@ name                what                                                  train 
 ==================  ====================================================  ====================  =======  ====
 ``digits``          handwritten digits, scikit-learn, 8x8 grey            1,437 / 360           10       32
 ``textures``        crops of texture photos, scikit-image, grey           2,400 / 600           6        32
-``same_different``  two far-apart glyphs: same? (generated)               any (10,000 / 2,000)  2        32
+``same_different``  two far-apart glyphs: same? (generated, ``glyphs=``)  any (10,000 / 2,000)  2        32
 ``cifar10``         CIFAR-10 through torchvision, download=True           50,000 / 10,000       10       32
 ``imagenette``      Imagenette 160 px through torchvision, download=True  9,469 / 3,925         10       128
 ==================  ====================================================  ====================  =======  ====
@@ -73,7 +73,7 @@ def available() -> dict[str, str]:
 def load(name: str, split: str = "train", image_size: int | None = None, channels: int = 3, **options) -> Dataset:
     """The ``split`` ("train" or "test") of data set ``name`` at ``image_size`` (None: its default).
 
-    ``options`` go to the data set: ``size=`` and ``seed=`` for ``same_different``,
+    ``options`` go to the data set: ``size=``, ``seed=`` and ``glyphs=`` for ``same_different``,
     ``crop=`` for ``textures``, ``download=`` and ``root=`` for ``cifar10`` and
     ``imagenette``.
     """
