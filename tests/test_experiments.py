@@ -15,6 +15,7 @@ from coatlib.experiments import (
     chosen_lrs,
     layout_sweep,
     main,
+    sweep_model,
     sweep_models,
     sweep_results,
     sweep_summary,
@@ -117,20 +118,35 @@ def test_summary_is_mean_and_standard_error_over_seeds():
     assert row["train_loss"] == pytest.approx(2.0) and row["train_loss_se"] == pytest.approx(1 / 3**0.5)
 
 
-def test_chosen_rate_is_the_most_accurate_on_validation_and_needs_the_whole_grid():
-    def run(layout, lr, acc, loss):
-        return {"kind": "lr", "layout": layout, "lr": lr, "val_acc": acc, "val_loss": loss}
+def test_chosen_rate_is_the_most_accurate_on_validation_else_the_best_fitting():
+    def run(layout, lr, acc, loss, train_loss=0.5):
+        return {"kind": "lr", "layout": layout, "lr": lr, "val_acc": acc, "val_loss": loss, "train_loss": train_loss}
 
-    grid = [1e-3, 2e-3]
-    runs = [run(x, 1e-3, 0.6, 0.5) for x in PAPER_ORDER] + [run(x, 2e-3, 0.6, 0.4) for x in PAPER_ORDER[1:]]
-    runs.append(run("ViT-Rel", 2e-3, 0.7, 0.9))
-    record = {"settings": {"lr_grid": grid}, "runs": runs}
+    # 400 validation images: above chance means above 0.5 + 2 * 0.025 = 0.55
+    runs = [run(x, 1e-3, 0.6, 0.5) for x in PAPER_ORDER] + [run(x, 2e-3, 0.6, 0.4) for x in PAPER_ORDER[2:]]
+    runs += [run("ViT-Rel", 2e-3, 0.7, 0.9), run("C-C-C-C", 2e-3, 0.56, 0.3)]
+    record = {"settings": {"lr_grid": [1e-3, 2e-3], "val_size": 400}, "runs": runs}
     chosen = chosen_lrs(record)
     assert chosen["ViT-Rel"] == 2e-3  # more accurate, despite a higher loss
+    assert chosen["C-C-C-C"] == 1e-3  # more accurate
     assert chosen["C-C-T-T"] == 2e-3  # equally accurate, lower loss
-    record["runs"] = runs[1:]
+    # no rate above chance on validation: the one with the lowest training loss
+    record["runs"] = [run(x, 1e-3, 0.54, 0.69, 0.6) for x in PAPER_ORDER] + [
+        run(x, 2e-3, 0.53, 0.69, 0.3) for x in PAPER_ORDER
+    ]
+    assert set(chosen_lrs(record).values()) == {2e-3}
+    record["runs"] = record["runs"][1:]
     with pytest.raises(ValueError, match="learning-rate sweep of ViT-Rel is unfinished"):
         chosen_lrs(record)
+
+
+def test_sweep_model_rebuilds_each_layout_from_the_record():
+    record = {"settings": json.loads(json.dumps(SWEEP)), "models": sweep_models(SWEEP)}
+    for layout in PAPER_ORDER:
+        model = sweep_model(record, layout)
+        assert model.layout == layout and count_params(model) == record["models"][layout]["params"]
+        assert model.image_size == (128, 128)
+    assert sweep_model(record, "C-C-C-C").num_features == 144 and sweep_model(record, "C-C-T-T").num_features == 128
 
 
 def test_inside_quick_trains_saves_and_loads_back(tmp_path, capsys):
