@@ -526,7 +526,9 @@ def save(result: dict, path: str | Path, command: str) -> Path:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **result,
     }
-    path.write_text(json.dumps(record, indent=1))
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(record, indent=1))
+    partial.replace(path)  # atomic: an interrupted write never leaves a broken file behind
     return path
 
 

@@ -187,8 +187,11 @@ def plot_layout_sweep(record: dict, data: str | None = None, axes=None) -> plt.F
         axes[1].errorbar(sizes, loss, yerr=loss_se, **style)
         axes[2].errorbar(loss, acc, xerr=loss_se, yerr=acc_se, **style)
     seeds = sorted({r["seeds"] for r in rows})
+    all_sizes = sorted({r["size"] for r in rows})
     for ax in axes[:2]:
         ax.set_xscale("log", base=2)
+        ax.set_xticks(all_sizes, [f"{n:,}" for n in all_sizes], minor=False)
+        ax.set_xticks([], minor=True)
         ax.set_xlabel("training images (log scale)")
     axes[0].set(ylabel="test accuracy", title=f"{data}: test accuracy")
     axes[1].set(ylabel="final training loss (eval mode)", title=f"{data}: training loss (capacity)")
