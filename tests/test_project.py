@@ -166,3 +166,18 @@ def test_notebooks_are_formatted_at_88_columns_and_the_code_at_120():
 
     assert line_length("notebooks/01_depthwise_convolution.ipynb") == "88"
     assert line_length("coatlib/layers.py") == "120"
+
+
+def test_every_committed_result_the_chapters_read_ships_with_the_package():
+    """Colab readers install coatlib without the repository: every file under coatlib/artefacts must match
+    a package-data pattern of pyproject.toml, or the installed package lacks it."""
+    import fnmatch
+
+    import tomllib
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["coatlib"]
+    artefacts = ROOT / "coatlib" / "artefacts"
+    files = [p.relative_to(ROOT / "coatlib").as_posix() for p in artefacts.rglob("*") if p.is_file()]
+    assert {"artefacts/layout_sweep.json", "artefacts/chapter3_bias.json"} <= set(files)
+    missing = [f for f in files if not any(fnmatch.fnmatchcase(f, p) for p in patterns)]
+    assert not missing, f"not in [tool.setuptools.package-data]: {missing}"
