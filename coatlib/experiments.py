@@ -77,7 +77,6 @@ SWEEP = {
 QUICK = {
     **SWEEP,
     "image_size": 32,
-    "batch_size": 16,
     "sizes": (32, 64),
     "epochs": (1, 1),
     "real": {"data": "textures", "sizes": (32,), "epochs": (1,)},
@@ -109,12 +108,13 @@ def matched_config(base: CoAtNetConfig, layout: str, image_size: int) -> CoAtNet
 
     The paper compares the layouts "with similar model size" and does not say how; this is our
     choice: only the last width changes (S4's, or for ViT-Rel the width of its single stage,
-    which ``CoAtNet`` takes from S3's), in steps of the head size, to the value whose parameter
-    count is closest to ``base`` in C-C-T-T. For ``coatnet_pico`` only C-C-C-C changes (S4 128 -> 144).
+    which ``CoAtNet`` takes from S3's), in steps of the head size (16 channels for an MBConv S4),
+    to the value whose parameter count is closest to ``base`` in C-C-T-T. For ``coatnet_pico``
+    only C-C-C-C changes (S4 128 -> 144).
     """
     target = count_params(CoAtNet(base, num_classes=2, image_size=image_size, layout="C-C-T-T"))
     last = 2 if layout == "ViT-Rel" else 3
-    step = base.head_dim
+    step = 16 if layout.endswith("C") else base.head_dim
     best = None
     for width in range(step, 4 * base.widths[last] + 1, step):
         widths = tuple(width if i == last else w for i, w in enumerate(base.widths))

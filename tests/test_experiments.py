@@ -10,8 +10,10 @@ import torch
 
 import coatlib.experiments
 from coatlib.experiments import (
+    FULL,
     PAPER_ORDER,
     SWEEP,
+    check_sweep_settings,
     chosen_lrs,
     layout_sweep,
     main,
@@ -79,6 +81,13 @@ def test_committed_sweep_is_valid_and_has_the_issues_design():
     assert len(rows) == len(PAPER_ORDER) * (len(s["sizes"]) + len(s["real"]["sizes"]))
     params = [m["params"] for m in record["models"].values()]
     assert max(params) <= 1.1 * min(params)
+
+
+def test_the_gpu_preset_runs_and_matches_its_sizes_too():
+    check_sweep_settings(json.loads(json.dumps(FULL)))
+    params = [m["params"] for m in sweep_models(FULL).values()]
+    assert max(params) <= 1.1 * min(params)
+    assert len(FULL["sizes"]) >= 4 and max(FULL["sizes"]) >= 32 * min(FULL["sizes"])
 
 
 def test_matched_sizes_are_within_ten_percent_and_only_the_last_width_changes():
