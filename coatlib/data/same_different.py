@@ -69,11 +69,12 @@ class SameDifferent(ImageDataset):
         if not 0 <= i < self.size:
             raise IndexError(f"index {i} out of range for {self.size} images")
         rng = np.random.default_rng([*self.stream, i])
-        same = bool(rng.random() < 0.5)
         if self.alphabet is None:
             first = _glyph(rng)
+            same = bool(rng.random() < 0.5)
             second = first if same else _glyph(rng, unlike=first)
         else:
+            same = bool(rng.random() < 0.5)
             a, b = rng.choice(len(self.alphabet), 2, replace=False)
             first, second = self.alphabet[a], self.alphabet[a if same else b]
         return _far_apart(rng, self.image_size, GLYPH_CELLS * self.cell), (first, second), same
