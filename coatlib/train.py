@@ -55,6 +55,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -95,6 +96,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     num_workers: int = 0,
+    on_step: Callable[[float], None] | None = None,
 ) -> dict[str, list]:
     """Train ``model`` on ``train_data`` for ``epochs`` epochs; return the history.
 
@@ -125,7 +127,9 @@ def fit(
     a checkpoint of another model or another schedule raise ``ValueError``.
 
     The history maps each of ``HISTORY_KEYS`` to a list with one entry per
-    epoch; ``plot_history`` draws it.
+    epoch; ``plot_history`` draws it. ``on_step(loss)``, if given, is called after every
+    optimiser step with that batch's training loss (this process's share), for curves finer
+    than an epoch: the online loss of a run on fresh data, say.
     """
     rank, world, local_rank = init_distributed()
     if fsdp and world == 1:
@@ -201,7 +205,9 @@ def fit(
     )
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     autocast_dtype = None if cast_weights else dtype  # or the MixedPrecisionPolicy casts
-    step_options = dict(device=device, dtype=autocast_dtype, memory_format=memory_format, clip_grad=clip_grad)
+    step_options = dict(
+        device=device, dtype=autocast_dtype, memory_format=memory_format, clip_grad=clip_grad, on_step=on_step
+    )
 
     for epoch in range(start, epochs):
         sampler.set_epoch(epoch)
@@ -311,10 +317,22 @@ def _distribute(
 
 
 def train_one_epoch(
-    net, loader, criterion, optimizer, scheduler, scaler, *, device, dtype, memory_format, clip_grad, bar=None
+    net,
+    loader,
+    criterion,
+    optimizer,
+    scheduler,
+    scaler,
+    *,
+    device,
+    dtype,
+    memory_format,
+    clip_grad,
+    bar=None,
+    on_step=None,
 ) -> torch.Tensor:
     """One pass over ``loader``: forward (under autocast when ``dtype`` is set), backward
-    (through the GradScaler), clip, step, schedule. Returns ``[summed loss, correct, images]``."""
+    (through the GradScaler), clip, step, schedule, ``on_step(loss)``. Returns ``[summed loss, correct, images]``."""
     net.train()
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     for step, (x, y) in enumerate(loader):
@@ -332,6 +350,8 @@ def train_one_epoch(
         scaler.update()
         scheduler.step()
         sums += _batch_sums(loss.detach() * len(y), logits, y)
+        if on_step is not None:
+            on_step(loss.item())
         if bar is not None:
             bar.update()
             if step % 10 == 0:

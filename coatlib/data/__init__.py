@@ -10,6 +10,7 @@ name                what                                                  train 
 ``digits``          handwritten digits, scikit-learn, 8x8 grey            1,437 / 360           10       32
 ``textures``        crops of texture photos, scikit-image, grey           2,400 / 600           6        32
 ``same_different``  two far-apart glyphs: same? (generated, ``glyphs=``)  any (10,000 / 2,000)  2        32
+``digit_pairs``     two digits in clutter: which is left? (generated)     any (10,000 / 2,000)  90 (100)  128
 ``cifar10``         CIFAR-10 through torchvision, download=True           50,000 / 10,000       10       32
 ``imagenette``      Imagenette 160 px through torchvision, download=True  9,469 / 3,925         10       128
 ==================  ====================================================  ====================  =======  ====
@@ -34,6 +35,7 @@ from torch.utils.data import Dataset
 
 from coatlib.data import digits, textures, torchvision_sets
 from coatlib.data.base import Augment, ImageDataset, TensorImages
+from coatlib.data.digit_pairs import DigitPairs
 from coatlib.data.same_different import SameDifferent
 
 # name -> (builder, one-line description)
@@ -41,14 +43,18 @@ DATASETS = {
     "digits": (digits.digits, "scikit-learn handwritten digits, 1,437 train / 360 test, 10 classes"),
     "textures": (textures.textures, "crops of scikit-image texture photos, 2,400 train / 600 test, 6 classes"),
     "same_different": (SameDifferent, "generated: two far-apart glyphs, same or different; any size, 2 classes"),
+    "digit_pairs": (
+        DigitPairs,
+        "generated: two digits among clutter, labelled by the ordered pair (left, right); any size, 90 classes",
+    ),
     "cifar10": (torchvision_sets.cifar10, "CIFAR-10 through torchvision (download=True), 50,000 / 10,000, 10 classes"),
     "imagenette": (
         torchvision_sets.imagenette,
         "Imagenette 160 px through torchvision (download=True), 9,469 / 3,925, 10 classes",
     ),
 }
-OFFLINE = ("digits", "textures", "same_different")
-GENERATED = ("same_different",)  # take size= and seed=
+OFFLINE = ("digits", "textures", "same_different", "digit_pairs")
+GENERATED = ("same_different", "digit_pairs")  # take size= and seed=
 SPLITS = ("train", "test")
 
 __all__ = [
@@ -62,6 +68,7 @@ __all__ = [
     "ImageDataset",
     "TensorImages",
     "SameDifferent",
+    "DigitPairs",
 ]
 
 
@@ -74,6 +81,7 @@ def load(name: str, split: str = "train", image_size: int | None = None, channel
     """The ``split`` ("train" or "test") of data set ``name`` at ``image_size`` (None: its default).
 
     ``options`` go to the data set: ``size=``, ``seed=`` and ``glyphs=`` for ``same_different``,
+    ``size=``, ``seed=``, ``label=`` and ``clutter=`` for ``digit_pairs``,
     ``crop=`` for ``textures``, ``download=`` and ``root=`` for ``cifar10`` and
     ``imagenette``.
     """

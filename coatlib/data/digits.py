@@ -20,8 +20,13 @@ from coatlib.data.base import Augment, TensorImages, check_image_size, mean_std,
 TEST_SIZE = 360
 
 
-@lru_cache(maxsize=4)
-def _splits(image_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+@lru_cache(maxsize=1)
+def source_splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed split of the 1,797 source digits: ``split -> (uint8 images (N, 1, 8, 8), labels (N,))``.
+
+    Every data set built from these digits (``digits``, ``digit_pairs``) uses this split, so a
+    test image never shows a digit drawn by a training image's source.
+    """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -29,8 +34,12 @@ def _splits(image_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     images = torch.from_numpy(bunch.images * (255 / 16)).round().to(torch.uint8)[:, None]  # values 0..16
     labels = torch.from_numpy(bunch.target).long()
     train, test = train_test_split(range(len(labels)), test_size=TEST_SIZE, stratify=labels, random_state=0)
-    images = resize(images, image_size)
     return {"train": (images[train], labels[train]), "test": (images[test], labels[test])}
+
+
+@lru_cache(maxsize=4)
+def _splits(image_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {split: (resize(images, image_size), labels) for split, (images, labels) in source_splits().items()}
 
 
 def digits(split: str = "train", image_size: int = 32, channels: int = 3) -> TensorImages:

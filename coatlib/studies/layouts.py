@@ -1,0 +1,574 @@
+"""The layout study of the paper's section 2.2 in two regimes: a fixed data set against fresh data.
+
+The paper compares its five layouts (ViT-Rel, C-C-C-C, C-C-C-T, C-C-T-T,
+C-T-T-T) twice: *generalization* on ImageNet-1K (test accuracy at equal
+training loss) and *capacity* on JFT-300M (how well a layout fits data it
+never runs out of). A generated task gives both regimes at once (Nakkiran,
+Neyshabur, Sedghi, "The Deep Bootstrap Framework", ICLR 2021):
+
+* **real world**: a fixed training set of N images, seen again and again, at
+  three sizes N spanning 16x. Generalization is the test accuracy, also read
+  against the final training loss.
+* **ideal world**: the same number of steps, every batch fresh images. The
+  training loss is then a test loss; capacity is the *online* loss, the mean
+  training loss over the last 10% of the steps.
+
+The task is ``digit_pairs`` (two digits among clutter, labelled by the ordered
+pair): recognising a digit is local, putting two in order is a relation
+across the image, and a bag of local features is blind to the order
+(``coatlib.studies.bag_of_features``, run and recorded here). A purely local
+task (``label="digit"``, one digit among clutter) is trained beside it, at the
+smallest size.
+
+The layouts are matched in parameters (``matched_config``). Each layout's
+learning rate is chosen from ``lr_grid`` by its online loss in a short
+ideal-world pilot, never by a test or validation accuracy, and used in every
+regime. A second pilot seed then gates the study: the layouts' ideal-world
+losses must separate by more than their seed spread (``gate``), or the study
+stops and says so. Every pilot is recorded.
+
+``layout_study(preset, out)`` runs everything, resumable: the record is
+rewritten atomically after every run and a restarted study skips what it holds.
+``study_tables`` and ``study_verdicts`` (through ``coatlib.studies.stats``)
+turn the record into intervals and verdicts on the paper's orderings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+import coatlib.data
+from coatlib.data.base import TensorImages
+from coatlib.flops import count_flops, count_params
+from coatlib.models.coatnet import CONFIGS, CoAtNet, CoAtNetConfig
+from coatlib.studies import stats
+from coatlib.studies.bag_of_features import bag_of_features
+from coatlib.studies.records import pool, save
+from coatlib.train import evaluate, fit
+
+LAYOUTS = ("ViT-Rel", "C-C-C-C", "C-C-C-T", "C-C-T-T", "C-T-T-T")
+# The paper's section 2.2, in its notation: generalization on ImageNet-1K, capacity on JFT-300M.
+PAPER = {
+    "generalization": "C-C-C-C ≈ C-C-C-T ≥ C-C-T-T > C-T-T-T ≫ ViT-Rel",
+    "capacity": "C-C-T-T ≈ C-T-T-T > ViT-Rel > C-C-C-T > C-C-C-C",
+}
+# The CPU default: about 75 minutes on 2 cores (two 1-thread workers, bf16 autocast).
+CPU = {
+    "model": "coatnet_pico",
+    "widths": None,  # the base config's widths (a list overrides them)
+    "image_size": 128,  # S3 sees 8x8 maps, ViT-Rel 8x8 tokens
+    "batch_size": 16,
+    "amp": "bf16",  # autocast; the amp pilot compares it with float32 on one layout
+    "task": {"data": "digit_pairs", "label": "pair", "clutter": 8},
+    "local": {"data": "digit_pairs", "label": "digit", "clutter": 8},
+    "steps": 1500,  # every run, both worlds: 24,000 images seen
+    "sizes": (750, 3000, 12000),  # the real world's fixed training sets (32, 8 and 2 passes)
+    "local_size": 750,
+    "local_steps": 375,
+    "seeds": (0, 1, 2),
+    "lr_grid": (5e-4, 1e-3, 2e-3),
+    "pilot_steps": 500,  # ideal-world pilot runs: the rate of each layout (seed 0), then the gate (seed 1)
+    "warmup": 0.05,  # fraction of the steps with linear warm-up, then cosine decay to 0
+    "weight_decay": 0.05,
+    "test_size": 2000,
+    "train_eval_size": 1000,  # training images on which the final training loss is measured
+    "online_fraction": 0.1,  # the online loss: mean training loss over this last share of the steps
+    "baseline": {"train": 4000, "test": 2000},
+    "require_gate": True,  # stop before the study when the pilot's layouts do not separate
+}
+QUICK = {
+    **CPU,
+    "image_size": 64,
+    "steps": 8,
+    "sizes": (16, 32, 64),
+    "local_size": 16,
+    "local_steps": 4,
+    "seeds": (0, 1),
+    "lr_grid": (1e-3, 2e-3),
+    "pilot_steps": 6,
+    "test_size": 32,
+    "train_eval_size": 16,
+    "baseline": {"train": 128, "test": 32},
+    "require_gate": False,  # toy runs separate nothing: the gate is computed and recorded, not enforced
+}
+# The GPU preset: wider models (about 3-4M parameters), 4x the batch, 4x the steps.
+FULL = {
+    **CPU,
+    "model": "coatnet_nano",
+    "widths": (48, 96, 192, 384),
+    "batch_size": 64,
+    "steps": 6000,  # 384,000 images seen
+    "sizes": (3000, 12000, 48000),  # 128, 32 and 8 passes
+    "local_size": 3000,
+    "local_steps": 1500,
+    "pilot_steps": 1500,
+    "test_size": 10000,
+    "train_eval_size": 4000,
+    "baseline": {"train": 20000, "test": 5000},
+}
+PRESETS = {"quick": QUICK, "cpu": CPU, "full": FULL}
+ARTEFACTS = Path(__file__).resolve().parent.parent / "artefacts"
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def base_config(settings: dict) -> CoAtNetConfig:
+    """The preset's base config: ``CONFIGS[model]``, with ``widths`` when the preset gives them."""
+    config = CONFIGS[settings["model"]]
+    return dataclasses.replace(config, widths=tuple(settings["widths"])) if settings["widths"] else config
+
+
+def matched_config(base: CoAtNetConfig, layout: str, image_size: int, num_classes: int = 100) -> CoAtNetConfig:
+    """``base`` with the width of its last stage chosen so that ``layout`` has about C-C-T-T's parameters.
+
+    The paper compares the layouts "with similar model size" and does not say how; this is our
+    choice: only the last width changes (S4's, or for ViT-Rel the width of its single stage,
+    which ``CoAtNet`` takes from S3's), in steps of the head size (16 channels for an MBConv S4),
+    to the value whose parameter count is closest to ``base`` in C-C-T-T.
+    """
+
+    def params(config: CoAtNetConfig) -> int:
+        return count_params(CoAtNet(config, num_classes=num_classes, image_size=image_size, layout=layout))
+
+    target = count_params(CoAtNet(base, num_classes=num_classes, image_size=image_size, layout="C-C-T-T"))
+    last = 2 if layout == "ViT-Rel" else 3
+    step = 16 if layout.endswith("C") else base.head_dim
+    widths = [
+        tuple(w if i == last else width for i, width in enumerate(base.widths))
+        for w in range(step, 4 * base.widths[last] + 1, step)
+    ]
+    return min((dataclasses.replace(base, widths=w) for w in widths), key=lambda c: abs(params(c) - target))
+
+
+def study_models(settings: dict, num_classes: int = 100) -> dict[str, dict]:
+    """Layout -> its matched config, parameters and multiply-accumulates at the study's image size."""
+    models = {}
+    for layout in LAYOUTS:
+        config = matched_config(base_config(settings), layout, settings["image_size"], num_classes)
+        model = CoAtNet(config, num_classes=num_classes, image_size=settings["image_size"], layout=layout)
+        models[layout] = {
+            "config": dataclasses.asdict(config),
+            "params": count_params(model),
+            "macs": count_flops(model, settings["image_size"]),
+        }
+    return models
+
+
+def stored_config(config: dict) -> CoAtNetConfig:
+    """A ``CoAtNetConfig`` from its JSON form (lists back to tuples)."""
+    return CoAtNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+
+
+def study_model(record: dict, layout: str) -> CoAtNet:
+    """The untrained model of ``layout`` in ``record``, built from the config it stores."""
+    return CoAtNet(
+        stored_config(record["models"][layout]["config"]),
+        num_classes=100,
+        image_size=record["settings"]["image_size"],
+        layout=layout,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def images(task: dict, split: str, size: int, settings: dict, cache: str | Path | None = None) -> Dataset:
+    """The first ``size`` images of ``task``'s ``split`` at the study's size, as uint8 in memory.
+
+    With ``cache`` (a folder that ``prepare_images`` filled) they are a slice of the stored
+    stream, memory-mapped, so parallel runs share one copy; without, they are generated here.
+    Every training set is a start of the same stream (the real world's nested sets).
+    """
+    d = _dataset(task, split, settings, size)
+    path = _cache_path(task, split, settings, cache)
+    if path is not None and path.is_file():
+        pixels, labels = torch.load(path, weights_only=True, mmap=True)
+        if len(labels) < size:
+            raise ValueError(f"{path} holds {len(labels)} images, {size} are asked for: delete it to regenerate")
+        pixels, labels = pixels[:size], labels[:size]
+    else:
+        pixels, labels = _generate((task, split, settings, 0, size))
+    return TensorImages(pixels, labels, d.classes, d.mean.flatten().tolist(), d.std.flatten().tolist(), 3)
+
+
+def prepare_images(settings: dict, cache: str | Path, workers: int = 1, chunk: int = 2000) -> None:
+    """Generate every image the study needs once, in ``workers`` processes, into ``cache``."""
+    s = settings
+    largest = max(s["steps"] * s["batch_size"], s["pilot_steps"] * s["batch_size"], *s["sizes"])
+    needs = [("task", "train", largest), ("task", "test", s["test_size"])]
+    needs += [("local", "train", s["local_size"]), ("local", "test", s["test_size"])]
+    for task, split, size in needs:
+        path = _cache_path(s[task], split, s, cache)
+        if path.is_file() and len(torch.load(path, weights_only=True, mmap=True)[1]) >= size:
+            continue
+        chunks = [(s[task], split, s, start, min(start + chunk, size)) for start in range(0, size, chunk)]
+        with pool(workers, ordered=True) as imap:
+            parts = list(imap(_generate, chunks))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        torch.save((torch.cat([p for p, _ in parts]), torch.cat([y for _, y in parts])), partial)
+        partial.replace(path)
+
+
+def _generate(job: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``start`` to ``stop`` of a split as uint8 ``(n, 1, H, W)`` and their labels."""
+    task, split, settings, start, stop = job
+    d = _dataset(task, split, settings, stop)
+    raw = [d.raw(i) for i in range(start, stop)]
+    pixels = (torch.stack([x for x, _ in raw]) * 255).round().to(torch.uint8)
+    return pixels, torch.tensor([y for _, y in raw])
+
+
+def _dataset(task: dict, split: str, settings: dict, size: int) -> Dataset:
+    options = {k: v for k, v in task.items() if k != "data"}
+    return coatlib.data.load(task["data"], split, settings["image_size"], size=size, **options)
+
+
+def _cache_path(task: dict, split: str, settings: dict, cache: str | Path | None) -> Path | None:
+    if cache is None:
+        return None
+    options = "_".join(f"{k}{v}" for k, v in sorted(task.items()) if k != "data")
+    return Path(cache) / f"{task['data']}_{options}_{split}_{settings['image_size']}.pt"
+
+
+# ---------------------------------------------------------------------------------------------
+# One run
+
+
+def run_one(job: dict) -> dict:
+    """Train one model (``job``: kind, layout, world, size, steps, seed, lr, amp, settings); return its row.
+
+    ``world`` is "ideal" (``steps * batch_size`` fresh images, each seen once) or "real" (the
+    first ``size`` images, seen ``steps * batch_size / size`` times). The row holds the online
+    loss (mean training loss over the last ``online_fraction`` of the steps) and its sampling
+    variance, the loss curve (30 points), the final training loss and accuracy in eval mode on
+    up to ``train_eval_size`` training images, the test loss and accuracy, and the seconds.
+    """
+    settings = job["settings"]
+    torch.set_num_threads(job["threads"])
+    batch, steps = settings["batch_size"], job["steps"]
+    seen = steps * batch
+    size = seen if job["world"] == "ideal" else job["size"]
+    task = settings[job["task"]]
+    train = images(task, "train", size, settings, job.get("cache"))
+    test = images(task, "test", settings["test_size"], settings, job.get("cache"))
+    torch.manual_seed(job["seed"])
+    model = CoAtNet(  # the configs are matched with 100 outputs; the local task's head has 10
+        stored_config(job["config"]),
+        num_classes=len(train.classes),
+        image_size=settings["image_size"],
+        layout=job["layout"],
+    )
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    fit(
+        model,
+        train,
+        None,
+        seen // size,
+        batch_size=batch,
+        lr=job["lr"],
+        weight_decay=settings["weight_decay"],
+        warmup_epochs=settings["warmup"] * seen / size,
+        label_smoothing=0.0,
+        amp=job["amp"],
+        seed=job["seed"],
+        progress=False,
+        on_step=losses.append,
+        device=job.get("device"),
+    )
+    seconds = time.perf_counter() - t0
+    last = np.asarray(losses[-max(1, round(settings["online_fraction"] * len(losses))) :])
+    train_eval = Subset(train, range(min(size, settings["train_eval_size"])))
+    train_loss, train_acc = evaluate(model, train_eval, amp=job["amp"])
+    test_loss, test_acc = evaluate(model, test, amp=job["amp"])
+    return {
+        **{k: job[k] for k in ("kind", "task", "world", "layout", "size", "seed", "lr", "amp")},
+        "size": size,
+        "steps": len(losses),
+        "online_loss": float(last.mean()),
+        "online_loss_var": float(last.var(ddof=1) / len(last)) if len(last) > 1 else 0.0,
+        "loss_curve": [float(c.mean()) for c in np.array_split(np.asarray(losses), min(30, len(losses)))],
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "test_images": len(test),
+        "seconds": seconds,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The study
+
+
+def layout_study(
+    preset: str = "cpu",
+    out: str | Path = "coatlib-results",
+    workers: int = 1,
+    device: str | None = None,
+    progress: bool = False,
+    command: str = "",
+) -> dict:
+    """Run the study of ``preset``; write ``OUT/layout_study_PRESET.json``; return the record.
+
+    1. The models (``study_models``) and the bag-of-features baseline.
+    2. Pilots in the ideal world, ``pilot_steps`` each: every layout at every rate of
+       ``lr_grid`` (seed 0; ``chosen_lrs`` keeps the lowest online loss), the amp pilot
+       (C-C-T-T at its rate in float32, against its bf16 run), and every layout at its rate
+       with seed 1. ``gate`` must pass, or ``GateFailed`` is raised (the record keeps the pilots).
+    3. The study: every seed, layout and regime (ideal; real at every size; the local task).
+
+    ``workers`` processes train at once, each with ``torch.get_num_threads() // workers``
+    threads. Resumable: runs already in the record are skipped.
+    """
+    settings = json.loads(json.dumps(PRESETS[preset]))  # tuples -> lists, as the JSON holds them
+    path = Path(out) / f"layout_study_{preset}.json"
+    record = json.loads(path.read_text()) if path.is_file() else None
+    if record is not None and record["settings"] != settings:
+        raise ValueError(
+            f"{path} holds a study with other settings: delete it, or pass another --out, to start this one"
+        )
+    if record is None:
+        record = {"experiment": "layout_study", "preset": preset, "settings": settings, "paper": PAPER, "runs": []}
+        record["models"] = study_models(settings)
+        record["hardware"] = _hardware(device, workers)
+    cache = path.parent / f"layout_study_{preset}_images"
+    prepare_images(settings, cache, workers)
+    if "baseline" not in record:
+        b = settings["baseline"]
+        record["baseline"] = bag_of_features(
+            images(settings["task"], "train", b["train"], settings),
+            images(settings["task"], "test", b["test"], settings),
+        )
+        save(record, path, command)
+    threads = max(1, torch.get_num_threads() // workers)
+    for stage in ("lr", "pilot", "study"):
+        if stage == "pilot":
+            record["lr"] = chosen_lrs(record)
+        if stage == "study":
+            record["gate"] = gate(record)
+            save(record, path, command)
+            if settings["require_gate"] and not record["gate"]["passed"]:
+                raise GateFailed(record["gate"]["reason"])
+        jobs = [{**j, "threads": threads, "cache": str(cache), "device": device} for j in study_jobs(record, stage)]
+        with pool(workers) as imap:
+            for row in imap(run_one, jobs):
+                record["runs"].append(row)
+                save(record, path, command)
+                if progress:
+                    print(_line(row), flush=True)
+    return json.loads(path.read_text())
+
+
+class GateFailed(RuntimeError):
+    """The pilot's ideal-world losses do not separate the layouts: the study would measure noise."""
+
+
+def study_jobs(record: dict, stage: str) -> list[dict]:
+    """The runs of ``stage`` ("lr", "pilot" or "study") not yet in ``record``."""
+    s = record["settings"]
+    amp = s["amp"]
+    if stage == "lr":
+        specs = [
+            ("lr", "task", "ideal", name, 0, s["pilot_steps"], 0, lr, amp) for name in LAYOUTS for lr in s["lr_grid"]
+        ]
+    elif stage == "pilot":
+        lr = record["lr"]
+        specs = [("pilot", "task", "ideal", name, 0, s["pilot_steps"], 1, lr[name], amp) for name in LAYOUTS]
+        if amp is not None:
+            specs.append(("amp", "task", "ideal", "C-C-T-T", 0, s["pilot_steps"], 0, lr["C-C-T-T"], None))
+    else:
+        lr = record["lr"]
+        specs = []
+        for seed in s["seeds"]:  # seed by seed, so that an interrupted study has whole seeds
+            for layout in LAYOUTS:
+                specs.append(("study", "task", "ideal", layout, 0, s["steps"], seed, lr[layout], amp))
+                specs += [("study", "task", "real", layout, n, s["steps"], seed, lr[layout], amp) for n in s["sizes"]]
+                specs.append(
+                    ("study", "local", "real", layout, s["local_size"], s["local_steps"], seed, lr[layout], amp)
+                )
+    done = {_key(r) for r in record["runs"]}
+    keys = ("kind", "task", "world", "layout", "size", "steps", "seed", "lr", "amp")
+    jobs = [dict(zip(keys, spec)) for spec in specs]
+    for job in jobs:
+        if job["world"] == "ideal":
+            job["size"] = job["steps"] * s["batch_size"]
+        job["config"] = record["models"][job["layout"]]["config"]
+        job["settings"] = s
+    return [j for j in jobs if _key(j) not in done]
+
+
+def _key(r: dict) -> tuple:
+    return (r["kind"], r["task"], r["world"], r["layout"], r["size"], r["seed"], r["lr"], r["amp"])
+
+
+def chosen_lrs(record: dict) -> dict[str, float]:
+    """Layout -> the rate of ``lr_grid`` with the lowest ideal-world online loss in the pilot (seed 0).
+
+    Chosen on the ideal world's training loss, which is a test loss on fresh images: no test or
+    validation accuracy of any run of the study is looked at, and the same rate serves every regime.
+    """
+    chosen = {}
+    for layout in LAYOUTS:
+        tried = [r for r in record["runs"] if r["kind"] == "lr" and r["layout"] == layout]
+        if len(tried) < len(record["settings"]["lr_grid"]):
+            raise ValueError(f"the learning-rate pilot of {layout} is unfinished ({len(tried)} rates of the grid)")
+        chosen[layout] = min(tried, key=lambda r: r["online_loss"])["lr"]
+    return chosen
+
+
+def gate(record: dict) -> dict:
+    """Do the pilot's ideal-world losses separate the layouts by more than their seed spread?
+
+    Each layout has two pilot runs at its rate (seed 0 from the rate pilot, seed 1). Two layouts
+    are *separated* when the gap between their mean online losses exceeds the larger of their two
+    seed spreads (|seed 0 - seed 1|). The gate passes when at least one convolution-heavy layout
+    (C-C-C-C, C-C-C-T) is separated from at least one attention-heavy one (C-T-T-T, ViT-Rel):
+    then the study can see a difference where the paper claims one; otherwise it measures noise.
+    """
+    runs = {}
+    for layout, lr in record["lr"].items():
+        pair = [
+            r["online_loss"]
+            for r in record["runs"]
+            if r["kind"] in ("lr", "pilot")
+            and r["layout"] == layout
+            and r["lr"] == lr
+            and r["amp"] == record["settings"]["amp"]
+        ]
+        if len(pair) < 2:
+            raise ValueError(f"the gate needs two pilot seeds of {layout}; the record has {len(pair)}")
+        runs[layout] = pair
+    mean = {name: float(np.mean(v)) for name, v in runs.items()}
+    spread = {name: float(abs(v[0] - v[1])) for name, v in runs.items()}
+    separated = [
+        [a, b]
+        for i, a in enumerate(LAYOUTS)
+        for b in LAYOUTS[i + 1 :]
+        if abs(mean[a] - mean[b]) > max(spread[a], spread[b])
+    ]
+    conv, attention = ("C-C-C-C", "C-C-C-T"), ("C-T-T-T", "ViT-Rel")
+    passed = any(sorted(p) == sorted([a, b]) for p in separated for a in conv for b in attention)
+    reason = (
+        f"{len(separated)} of 10 layout pairs separated, a convolution-heavy against an attention-heavy one among them"
+        if passed
+        else "no convolution-heavy layout is separated from an attention-heavy one by more than the seed spread: "
+        "change the task or the budget (steps, batch) and run the pilot again"
+    )
+    return {"mean": mean, "spread": spread, "separated": separated, "passed": passed, "reason": reason}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the record
+
+
+def study_results(path: str | Path | None = None, preset: str = "cpu") -> dict:
+    """The record ``layout_study`` wrote: ``path``, else the copy of ``preset`` that ships with coatlib."""
+    path = Path(path) if path is not None else ARTEFACTS / f"layout_study_{preset}.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: install coatlib from the book's repository, which ships it, or make it "
+            f"with `python -m coatlib.experiments layouts --workers 2` (about 75 minutes on 2 CPU cores)"
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not a readable study record ({e}); run the study again to rewrite it") from e
+
+
+def study_runs(record: dict, task: str = "task", world: str = "real", size: int | None = None) -> dict[str, list]:
+    """Layout -> the study's runs of that task, world and size, ordered by seed."""
+    runs = {layout: [] for layout in LAYOUTS}
+    for r in sorted(record["runs"], key=lambda r: r["seed"]):
+        if r["kind"] == "study" and r["task"] == task and r["world"] == world and (size is None or r["size"] == size):
+            runs[r["layout"]].append(r)
+    return runs
+
+
+def study_table(record: dict) -> list[dict]:
+    """One row per (task, world, size, layout): 95% intervals over seeds of the test accuracy (with
+    the test set's binomial noise), the final training loss, and the online loss (with its sampling noise)."""
+    rows = []
+    s = record["settings"]
+    groups = [("task", "ideal", s["steps"] * s["batch_size"])]
+    groups += [("task", "real", n) for n in s["sizes"]] + [("local", "real", s["local_size"])]
+    for task, world, size in groups:
+        for layout, runs in study_runs(record, task, world, size).items():
+            if len(runs) < 2:
+                continue
+            acc = [r["test_acc"] for r in runs]
+            rows.append(
+                {
+                    "task": task,
+                    "world": world,
+                    "size": size,
+                    "layout": layout,
+                    "seeds": len(runs),
+                    "test_acc": stats.interval(
+                        acc, [stats.binomial_var(a, r["test_images"]) for a, r in zip(acc, runs)]
+                    ),
+                    "train_loss": stats.interval([r["train_loss"] for r in runs]),
+                    "online_loss": stats.interval(
+                        [r["online_loss"] for r in runs], [r["online_loss_var"] for r in runs]
+                    ),
+                }
+            )
+    return rows
+
+
+def study_verdicts(record: dict) -> dict[str, list[stats.Verdict]]:
+    """The paper's two orderings against the record: generalization (test accuracy, real world) at
+    each size and on the local task; capacity (online loss, ideal world, lower is better)."""
+    s = record["settings"]
+    out = {}
+    for task, size in [("task", n) for n in s["sizes"]] + [("local", s["local_size"])]:
+        runs = study_runs(record, task, "real", size)
+        values = {name: [r["test_acc"] for r in rs] for name, rs in runs.items()}
+        noise = {
+            name: float(np.mean([stats.binomial_var(r["test_acc"], r["test_images"]) for r in rs]))
+            for name, rs in runs.items()
+        }
+        out[f"generalization {task} {size}"] = stats.verdicts(values, PAPER["generalization"], noise)
+    runs = study_runs(record, "task", "ideal")
+    values = {name: [r["online_loss"] for r in rs] for name, rs in runs.items()}
+    noise = {name: float(np.mean([r["online_loss_var"] for r in rs])) for name, rs in runs.items()}
+    out["capacity"] = stats.verdicts(values, PAPER["capacity"], noise, larger_is_better=False)
+    return out
+
+
+def _hardware(device: str | None, workers: int) -> dict:
+    import platform
+
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "")
+    info = {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "workers": workers}
+    info["threads"] = torch.get_num_threads()
+    if device and device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def _line(r: dict) -> str:
+    return (
+        f"{r['kind']:5s} {r['task']:5s} {r['world']:5s} {r['layout']:7s} n={r['size']:<6d} seed {r['seed']} "
+        f"lr {r['lr']:.0e} {r['amp'] or 'fp32'}: online {r['online_loss']:.3f}, train {r['train_loss']:.3f}, "
+        f"test acc {r['test_acc']:.3f} ({r['seconds']:.0f} s)"
+    )

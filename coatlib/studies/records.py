@@ -1,0 +1,40 @@
+"""What every study shares: its record written atomically with command, versions and date; a worker pool."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import multiprocessing
+from pathlib import Path
+
+from coatlib.train import versions
+
+
+def save(result: dict, path: str | Path, command: str) -> Path:
+    """Write ``result`` as JSON with the command that made it, the library versions and the date."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "command": command,
+        "versions": versions(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **result,
+    }
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(record, indent=1))
+    partial.replace(path)  # atomic: an interrupted write never leaves a broken file behind
+    return path
+
+
+@contextlib.contextmanager
+def pool(workers: int, ordered: bool = False):
+    """``imap(fn, jobs)`` over ``workers`` processes (results in the order they finish, or in the jobs'
+    order when ``ordered``), or in this process."""
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1 (processes training at once), got {workers!r}")
+    if workers == 1:
+        yield lambda fn, jobs: map(fn, jobs)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as p:
+        yield lambda fn, jobs: (p.imap if ordered else p.imap_unordered)(fn, jobs)
