@@ -179,6 +179,13 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="copy the finished record into coatlib/artefacts/ (a source checkout), where the chapter reads it",
     )
+    q.add_argument(
+        "--earlier",
+        type=Path,
+        action="append",
+        default=[],
+        help="the record of an abandoned attempt, kept in the new record's earlier_pilots (repeatable)",
+    )
     q.add_argument("--quiet", action="store_true")
     q = sub.add_parser("inside", help="the models of the chapter 'Inside a trained CoAtNet'")
     q.add_argument("--quick", action="store_true", help=f"toy size, seconds: {INSIDE_QUICK}")
@@ -196,7 +203,13 @@ def main(argv: list[str] | None = None) -> dict:
     preset = "quick" if args.quick else "full" if args.full else "cpu"
     try:
         record = layouts.layout_study(
-            preset, args.out, workers=args.workers, device=args.device, progress=not args.quiet, command=command
+            preset,
+            args.out,
+            workers=args.workers,
+            device=args.device,
+            progress=not args.quiet,
+            command=command,
+            earlier=args.earlier,
         )
     except layouts.GateFailed as e:
         raise SystemExit(f"the pilot gate did not pass ({e}); the pilots are in {args.out}") from None

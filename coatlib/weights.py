@@ -17,7 +17,8 @@ gives a coatlib ResNet-50 with the same ImageNet predictions.
 ``load_timm_weights`` does the same for timm's CoAtNets. Nothing is downloaded
 unless asked: ``pretrained_state_dict(name)`` (what ``create_model(name,
 pretrained=True)`` calls) fetches timm's trained rw CoAtNets from the Hugging
-Face Hub with the optional ``pretrained`` extra.
+Face Hub with the optional ``pretrained`` extra; ``imagenet_classes()`` names
+their 1000 outputs.
 """
 
 from __future__ import annotations
@@ -448,6 +449,19 @@ PRETRAINED: dict[str, PretrainedWeights] = {
     "coatnet_3_rw": PretrainedWeights("timm/coatnet_3_rw_224.sw_in12k", 11821, _HALF, _HALF, 0.95, None),
 }
 INSTALL_HINT = "pip install 'coatlib[pretrained]'"
+
+
+def imagenet_classes() -> list[str]:
+    """The names of ImageNet-1k's 1000 classes in the order of a classifier's outputs, e.g.
+    ``imagenet_classes()[281] == "tabby, tabby cat"``: the lemmas of each class's WordNet synset.
+
+    They ship with coatlib (``coatlib/artefacts/imagenet_classes.txt``, copied from timm's
+    ``timm/data/_info``), so naming a prediction needs neither timm nor a network.
+    """
+    from importlib.resources import files
+
+    text = (files("coatlib") / "artefacts" / "imagenet_classes.txt").read_text(encoding="utf-8")
+    return [line.split("\t", 1)[1] for line in text.splitlines() if line and not line.startswith("#")]
 
 
 def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:

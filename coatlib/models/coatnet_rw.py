@@ -34,7 +34,8 @@ weights; the paper's blocks stay as they are, and the differences live here.
  shortcut pooling            2x2 average                       2x2 max                           a smoother down-sampled residual
  attention width             q, k, v at the *input* width;     q, k, v at the output width       in the first block of S3/S4 half the
                              the output projection widens                                        heads (S3 of rw-0: 6 heads, not 12)
- Transformer shortcut bias   none in 0, 1, bn_0                bias on Proj                      fewer parameters
+ Transformer shortcut bias   none in 0, 1, bn_0 (nano, 2, 3:   bias on Proj                      fewer parameters
+                             a bias, as in the paper)
  Transformer norm            LayerNorm eps 1e-6;               LayerNorm                         bn_0 is all-BatchNorm, foldable into
                              BatchNorm in bn_0                                                   the convs at inference
  layer scale                 learned per-channel scale on      none                              rw-3's branches start near zero (1e-6)
@@ -46,9 +47,34 @@ weights; the paper's blocks stay as they are, and the differences live here.
                              the map, pool, linear             pre-logits, linear
 ==========================  ================================  ================================  =====================================
 
-``coatnet_nano_rw`` follows timm's MaxViT-style defaults (``_rw_max_cfg``):
-no activation after the pre-norm, SE after the depthwise BatchNorm with SiLU,
-and biases on the MBConv's 1x1 convs.
+The choices that differ between the six models, per model and beside the
+paper's (:func:`per_model_table`, read from each model's :class:`RwConfig`; a
+test keeps this copy equal to it, and another that each model gives timm's
+logits):
+
+===============================  ======  ======  ======  ======  ======  ======  ======
+                                 paper   nano    0       1       bn_0    2       3
+===============================  ======  ======  ======  ======  ======  ======  ======
+SiLU after the MBConv pre-norm   no      no      yes     yes     yes     yes     yes
+SE before the depthwise BN       no      no      yes     yes     yes     no      no
+activation inside SE             GELU    SiLU    ReLU    ReLU    ReLU    SiLU    SiLU
+bias: MBConv shortcut, last 1x1  yes     yes     no      no      no      no      no
+MBConv down-sampling             1x1 s2  pool    pool    dw s2   dw s2   dw s2   dw s2
+bias: Transformer shortcut       yes     yes     no      no      no      yes     yes
+norm: Transformer blocks, head   LN      LN      LN      LN      BN      LN      LN
+layer scale (initial value)      no      no      no      no      no      no      1e-6
+===============================  ======  ======  ======  ======  ======  ======  ======
+
+So early SE (with ReLU) and no Transformer shortcut bias only in 0, 1 and
+bn_0; stride-2 depthwise down-sampling in 1, 2, 3 and bn_0; BatchNorm in the
+Transformer blocks only in bn_0; layer scale only in 3. ``coatnet_nano_rw``
+follows timm's MaxViT-style defaults (``_rw_max_cfg``): no activation after the
+pre-norm, SE after the depthwise BatchNorm with SiLU, and biases on the
+MBConv's 1x1 convs.
+
+Not built here: timm's trained ``coatnet_rmlp_*_rw`` models, whose relative
+bias is not a table but a small MLP (2 -> 384 or 512 -> ReLU -> one output per
+head) of the log-spaced offset ``sign(d) log(1 + |d|)``.
 """
 
 from __future__ import annotations
@@ -124,6 +150,36 @@ RW_CONFIGS: dict[str, RwConfig] = {
 }
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU}
+
+# The choices that differ between the six models: (what, the paper's choice, the model's, read from its RwConfig).
+_YES = {True: "yes", False: "no"}
+_NAMES = {"relu": "ReLU", "silu": "SiLU", "pool": "pool", "dw": "dw s2", "layernorm": "LN", "batchnorm": "BN"}
+PER_MODEL = (
+    ("SiLU after the MBConv pre-norm", "no", lambda c: _YES[c.pre_norm_act]),
+    ("SE before the depthwise BN", "no", lambda c: _YES[c.se_early]),
+    ("activation inside SE", "GELU", lambda c: _NAMES[c.se_act]),
+    ("bias: MBConv shortcut, last 1x1", "yes", lambda c: _YES[c.conv_bias]),
+    ("MBConv down-sampling", "1x1 s2", lambda c: _NAMES[c.down]),
+    ("bias: Transformer shortcut", "yes", lambda c: _YES[c.attn_shortcut_bias]),
+    ("norm: Transformer blocks, head", "LN", lambda c: _NAMES[c.attn_norm]),
+    (
+        "layer scale (initial value)",
+        "no",
+        lambda c: f"{c.layer_scale:.0e}".replace("e-0", "e-") if c.layer_scale else "no",
+    ),
+)
+
+
+def per_model_table() -> str:
+    """The choices that differ between timm's six rw models, one column per model and one for the
+    paper, read from ``RW_CONFIGS`` (the table in this module's docstring)."""
+    short = [name.removeprefix("coatnet_").removesuffix("_rw") for name in RW_CONFIGS]
+    rule = "  ".join(["=" * 31, *["=" * 6] * (len(short) + 1)])
+    lines = [rule, "  ".join([f"{'':31s}", f"{'paper':6s}", *(f"{n:6s}" for n in short)]).rstrip(), rule]
+    for what, paper, value in PER_MODEL:
+        cells = [f"{value(config):6s}" for config in RW_CONFIGS.values()]
+        lines.append("  ".join([f"{what:31s}", f"{paper:6s}", *cells]).rstrip())
+    return "\n".join([*lines, rule])
 
 
 def shortcut(in_chs: int, out_chs: int, stride: int, bias: bool) -> nn.Sequential:

@@ -21,11 +21,13 @@ task (``label="digit"``, one digit among clutter) is trained beside it, at the
 smallest size.
 
 The layouts are matched in parameters (``matched_config``). Each layout's
-learning rate is chosen from ``lr_grid`` by its online loss in a short
-ideal-world pilot, never by a test or validation accuracy, and used in every
-regime. A second pilot seed then gates the study: the layouts' ideal-world
-losses must separate by more than their seed spread (``gate``), or the study
-stops and says so. Every pilot is recorded.
+learning rate is chosen from ``lr_grid`` by its online loss in an ideal-world
+pilot of the study's length (seed ``lr_seed``, which the study then leaves
+out), never by a test or validation accuracy, and used in every regime. The
+study's first seed in the ideal world then gates the rest: the layouts'
+ideal-world losses must separate by more than their seed spread (``gate``),
+or the study stops and says so. Every pilot is recorded, and records of
+earlier, abandoned pilots can be carried into the record (``earlier``).
 
 ``layout_study(preset, out)`` runs everything, resumable: the record is
 rewritten atomically after every run and a restarted study skips what it holds.
@@ -73,9 +75,9 @@ CPU = {
     "sizes": (750, 3000, 12000),  # the real world's fixed training sets (32, 8 and 2 passes)
     "local_size": 750,
     "local_steps": 375,
-    "seeds": (0, 1, 2),
+    "seeds": (1, 2, 3),
     "lr_grid": (5e-4, 1e-3, 2e-3),
-    "pilot_steps": 500,  # ideal-world pilot runs: the rate of each layout (seed 0), then the gate (seed 1)
+    "lr_seed": 0,  # the rate pilot's seed, left out of the study (no seed is both chosen on and measured)
     "warmup": 0.05,  # fraction of the steps with linear warm-up, then cosine decay to 0
     "weight_decay": 0.05,
     "test_size": 2000,
@@ -91,9 +93,8 @@ QUICK = {
     "sizes": (16, 32, 64),
     "local_size": 16,
     "local_steps": 4,
-    "seeds": (0, 1),
+    "seeds": (1, 2),
     "lr_grid": (1e-3, 2e-3),
-    "pilot_steps": 6,
     "test_size": 32,
     "train_eval_size": 16,
     "baseline": {"train": 128, "test": 32},
@@ -109,7 +110,6 @@ FULL = {
     "sizes": (3000, 12000, 48000),  # 128, 32 and 8 passes
     "local_size": 3000,
     "local_steps": 1500,
-    "pilot_steps": 1500,
     "test_size": 10000,
     "train_eval_size": 4000,
     "baseline": {"train": 20000, "test": 5000},
@@ -205,7 +205,7 @@ def images(task: dict, split: str, size: int, settings: dict, cache: str | Path 
 def prepare_images(settings: dict, cache: str | Path, workers: int = 1, chunk: int = 2000) -> None:
     """Generate every image the study needs once, in ``workers`` processes, into ``cache``."""
     s = settings
-    largest = max(s["steps"] * s["batch_size"], s["pilot_steps"] * s["batch_size"], *s["sizes"])
+    largest = max(s["steps"] * s["batch_size"], *s["sizes"])
     needs = [("task", "train", largest), ("task", "test", s["test_size"])]
     needs += [("local", "train", s["local_size"]), ("local", "test", s["test_size"])]
     for task, split, size in needs:
@@ -320,15 +320,21 @@ def layout_study(
     device: str | None = None,
     progress: bool = False,
     command: str = "",
+    earlier: list[str | Path] = (),
 ) -> dict:
     """Run the study of ``preset``; write ``OUT/layout_study_PRESET.json``; return the record.
 
     1. The models (``study_models``) and the bag-of-features baseline.
-    2. Pilots in the ideal world, ``pilot_steps`` each: every layout at every rate of
-       ``lr_grid`` (seed 0; ``chosen_lrs`` keeps the lowest online loss), the amp pilot
-       (C-C-T-T at its rate in float32, against its bf16 run), and every layout at its rate
-       with seed 1. ``gate`` must pass, or ``GateFailed`` is raised (the record keeps the pilots).
-    3. The study: every seed, layout and regime (ideal; real at every size; the local task).
+    2. The rate pilot in the ideal world: every layout at every rate of ``lr_grid``, seed
+       ``lr_seed``; ``chosen_lrs`` keeps the lowest online loss.
+    3. The gate: the study's ideal-world runs of its first seed, and the amp pilot (C-C-T-T at
+       its rate in float32, against its autocast run of the rate pilot). ``gate`` must pass,
+       or ``GateFailed`` is raised (the record keeps the pilots).
+    4. The rest of the study: every seed, layout and regime (ideal; real at every size; the
+       local task).
+
+    ``earlier``: records of abandoned attempts (JSON files ``layout_study`` wrote), kept in the
+    new record under ``earlier_pilots`` with their settings and runs, so that every pilot is on file.
 
     ``workers`` processes train at once, each with ``torch.get_num_threads() // workers``
     threads. Resumable: runs already in the record are skipped.
@@ -344,6 +350,7 @@ def layout_study(
         record = {"experiment": "layout_study", "preset": preset, "settings": settings, "paper": PAPER, "runs": []}
         record["models"] = study_models(settings)
         record["hardware"] = _hardware(device, workers)
+        record["earlier_pilots"] = [_earlier(p) for p in earlier]
     cache = path.parent / f"layout_study_{preset}_images"
     prepare_images(settings, cache, workers)
     if "baseline" not in record:
@@ -382,13 +389,15 @@ def study_jobs(record: dict, stage: str) -> list[dict]:
     amp = s["amp"]
     if stage == "lr":
         specs = [
-            ("lr", "task", "ideal", name, 0, s["pilot_steps"], 0, lr, amp) for name in LAYOUTS for lr in s["lr_grid"]
+            ("lr", "task", "ideal", name, 0, s["steps"], s["lr_seed"], lr, amp)
+            for name in LAYOUTS
+            for lr in s["lr_grid"]
         ]
     elif stage == "pilot":
         lr = record["lr"]
-        specs = [("pilot", "task", "ideal", name, 0, s["pilot_steps"], 1, lr[name], amp) for name in LAYOUTS]
+        specs = [("study", "task", "ideal", name, 0, s["steps"], s["seeds"][0], lr[name], amp) for name in LAYOUTS]
         if amp is not None:
-            specs.append(("amp", "task", "ideal", "C-C-T-T", 0, s["pilot_steps"], 0, lr["C-C-T-T"], None))
+            specs.append(("amp", "task", "ideal", "C-C-T-T", 0, s["steps"], s["lr_seed"], lr["C-C-T-T"], None))
     else:
         lr = record["lr"]
         specs = []
@@ -415,7 +424,7 @@ def _key(r: dict) -> tuple:
 
 
 def chosen_lrs(record: dict) -> dict[str, float]:
-    """Layout -> the rate of ``lr_grid`` with the lowest ideal-world online loss in the pilot (seed 0).
+    """Layout -> the rate of ``lr_grid`` with the lowest ideal-world online loss in the rate pilot.
 
     Chosen on the ideal world's training loss, which is a test loss on fresh images: no test or
     validation accuracy of any run of the study is looked at, and the same rate serves every regime.
@@ -432,7 +441,8 @@ def chosen_lrs(record: dict) -> dict[str, float]:
 def gate(record: dict) -> dict:
     """Do the pilot's ideal-world losses separate the layouts by more than their seed spread?
 
-    Each layout has two pilot runs at its rate (seed 0 from the rate pilot, seed 1). Two layouts
+    Each layout has two ideal-world runs at its rate: the rate pilot's, and the study's first
+    seed (which no choice has looked at). Two layouts
     are *separated* when the gap between their mean online losses exceeds the larger of their two
     seed spreads (|seed 0 - seed 1|). The gate passes when at least one convolution-heavy layout
     (C-C-C-C, C-C-C-T) is separated from at least one attention-heavy one (C-T-T-T, ViT-Rel):
@@ -443,7 +453,9 @@ def gate(record: dict) -> dict:
         pair = [
             r["online_loss"]
             for r in record["runs"]
-            if r["kind"] in ("lr", "pilot")
+            if r["kind"] in ("lr", "study")
+            and r["world"] == "ideal"
+            and r["seed"] in (record["settings"]["lr_seed"], record["settings"]["seeds"][0])
             and r["layout"] == layout
             and r["lr"] == lr
             and r["amp"] == record["settings"]["amp"]
@@ -557,6 +569,13 @@ def _hardware(device: str | None, workers: int) -> dict:
     if device and device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def _earlier(path: str | Path) -> dict:
+    """What an abandoned attempt's record holds that matters: its settings, gate and runs."""
+    record = study_results(path)
+    keep = ("command", "date", "versions", "hardware", "settings", "lr", "gate", "runs")
+    return {"file": Path(path).name, **{k: record[k] for k in keep if k in record}}
 
 
 def _cpuinfo() -> list[str]:

@@ -1,0 +1,250 @@
+"""coatlib.studies.layouts: the layout study's runner, its pilots and gate, and how it reads its record."""
+
+import json
+import math
+import shutil
+
+import pytest
+
+import coatlib.studies.layouts as layouts
+from coatlib.experiments import main
+from coatlib.flops import count_params
+from coatlib.studies.layouts import (
+    CPU,
+    FULL,
+    LAYOUTS,
+    QUICK,
+    chosen_lrs,
+    gate,
+    layout_study,
+    study_model,
+    study_models,
+    study_table,
+    study_verdicts,
+)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """The whole study at toy size, through the command line, once for this module."""
+    out = tmp_path_factory.mktemp("study")
+    record = main(["layouts", "--quick", "--out", str(out), "--quiet"])
+    return out, record
+
+
+def test_quick_study_runs_every_stage_and_records_it(quick):
+    out, record = quick
+    assert record == json.loads((out / "layout_study_quick.json").read_text())
+    assert record["command"] == f"python -m coatlib.experiments layouts --quick --out {out} --quiet"
+    assert record["versions"]["torch"] and record["hardware"]["workers"] == 1
+    s = record["settings"]
+    kinds = [r["kind"] for r in record["runs"]]
+    # the rate pilot (every layout x rate), the second pilot seed and the amp pilot, then the study
+    assert kinds.count("lr") == 5 * len(s["lr_grid"]) and kinds.count("pilot") == 5 and kinds.count("amp") == 1
+    study = [r for r in record["runs"] if r["kind"] == "study"]
+    expected = {
+        (layout, task, world, size, seed)
+        for seed in s["seeds"]
+        for layout in LAYOUTS
+        for task, world, size in [("task", "ideal", s["steps"] * s["batch_size"])]
+        + [("task", "real", n) for n in s["sizes"]]
+        + [("local", "real", s["local_size"])]
+    }
+    assert sorted((r["layout"], r["task"], r["world"], r["size"], r["seed"]) for r in study) == sorted(expected)
+    for r in study:
+        assert r["lr"] == record["lr"][r["layout"]] and r["amp"] == s["amp"]  # one rate in every regime
+        assert r["steps"] == (s["local_steps"] if r["task"] == "local" else s["steps"])  # the same steps
+        assert len(r["loss_curve"]) == min(30, r["steps"]) and math.isfinite(r["online_loss"])
+        assert r["test_images"] == s["test_size"] and (r["test_acc"] * s["test_size"]) % 1 == 0
+    assert record["gate"]["passed"] in (True, False) and "baseline" in record
+    assert (out / "layout_study_quick_images").is_dir()
+
+
+def test_restarted_study_trains_nothing_again(quick, monkeypatch):
+    out, record = quick
+    monkeypatch.setattr(layouts, "run_one", lambda job: pytest.fail(f"trained again: {job['layout']}"))
+    monkeypatch.setattr(layouts, "bag_of_features", lambda *a: pytest.fail("baseline again"))
+    assert layout_study("quick", out)["runs"] == record["runs"]
+
+
+def test_refuses_a_record_with_other_settings(tmp_path):
+    (tmp_path / "layout_study_quick.json").write_text(json.dumps({"settings": {"steps": 1}, "runs": []}))
+    with pytest.raises(ValueError, match="other settings: delete it, or pass another --out"):
+        layout_study("quick", tmp_path)
+
+
+def test_a_failed_gate_stops_before_the_study_and_keeps_the_pilots(quick, tmp_path, monkeypatch):
+    out, _ = quick
+    shutil.copytree(out, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "layout_study_quick.json"
+    record = json.loads(path.read_text())
+    record["runs"] = [r for r in record["runs"] if r["kind"] != "study"]
+    path.write_text(json.dumps(record))
+    monkeypatch.setitem(layouts.PRESETS, "quick", {**QUICK, "require_gate": True})
+    record["settings"]["require_gate"] = True
+    path.write_text(json.dumps(record))
+    monkeypatch.setattr(layouts, "gate", lambda r: {"passed": False, "reason": "no separation"})
+    with pytest.raises(SystemExit, match="pilot gate did not pass .no separation.; the pilots are in"):
+        main(["layouts", "--quick", "--out", str(tmp_path), "--quiet"])
+    kept = json.loads(path.read_text())
+    assert not [r for r in kept["runs"] if r["kind"] == "study"] and kept["gate"]["passed"] is False
+
+
+def _pilot_record(losses: dict[str, tuple[float, float]]) -> dict:
+    runs = []
+    for layout, (seed0, seed1) in losses.items():
+        runs.append({"kind": "lr", "layout": layout, "lr": 1e-3, "amp": "bf16", "online_loss": seed0})
+        runs.append({"kind": "lr", "layout": layout, "lr": 2e-3, "amp": "bf16", "online_loss": seed0 + 0.3})
+        runs.append({"kind": "pilot", "layout": layout, "lr": 1e-3, "amp": "bf16", "online_loss": seed1})
+    return {"settings": {"lr_grid": [1e-3, 2e-3], "amp": "bf16"}, "runs": runs}
+
+
+def test_rate_is_the_lowest_online_loss_and_the_gate_needs_conv_against_attention_separated():
+    separated = _pilot_record(
+        {
+            "ViT-Rel": (4.50, 4.51),
+            "C-C-C-C": (4.10, 4.15),
+            "C-C-C-T": (4.49, 4.50),
+            "C-C-T-T": (4.3, 4.5),
+            "C-T-T-T": (4.50, 4.50),
+        }
+    )
+    separated["lr"] = chosen_lrs(separated)
+    assert separated["lr"] == dict.fromkeys(LAYOUTS, 1e-3)
+    g = gate(separated)
+    assert g["passed"] and ["ViT-Rel", "C-C-C-C"] in g["separated"] and ["C-C-C-C", "C-C-T-T"] not in g["separated"]
+    # spreads as large as the gaps: nothing is separated
+    noisy = _pilot_record({layout: (4.1 + 0.1 * i, 4.6) for i, layout in enumerate(LAYOUTS)})
+    noisy["lr"] = chosen_lrs(noisy)
+    g = gate(noisy)
+    assert not g["passed"] and g["separated"] == [] and "change the task or the budget" in g["reason"]
+    # conv against conv only does not pass
+    conv_only = _pilot_record(
+        {
+            "ViT-Rel": (4.5, 4.5),
+            "C-C-C-C": (4.0, 4.0),
+            "C-C-C-T": (4.5, 4.5),
+            "C-C-T-T": (4.5, 4.5),
+            "C-T-T-T": (4.0, 4.0),
+        }
+    )
+    conv_only["lr"] = chosen_lrs(conv_only)
+    assert not gate(conv_only)["passed"]
+    with pytest.raises(ValueError, match="unfinished"):
+        chosen_lrs({"settings": {"lr_grid": [1e-3, 2e-3]}, "runs": separated["runs"][:2]})
+
+
+def _study_record(acc: dict[str, list[float]], online: dict[str, list[float]]) -> dict:
+    s = {**json.loads(json.dumps(QUICK)), "sizes": [16], "seeds": [0, 1, 2]}
+    runs = []
+    for layout in LAYOUTS:
+        for seed in range(3):
+            base = {"kind": "study", "layout": layout, "seed": seed, "test_images": 2000, "train_loss": 1.0}
+            runs.append(
+                {
+                    **base,
+                    "task": "task",
+                    "world": "real",
+                    "size": 16,
+                    "test_acc": acc[layout][seed],
+                    "online_loss": 1.0,
+                    "online_loss_var": 0.0,
+                }
+            )
+            runs.append(
+                {
+                    **base,
+                    "task": "local",
+                    "world": "real",
+                    "size": s["local_size"],
+                    "test_acc": 0.5,
+                    "online_loss": 1.0,
+                    "online_loss_var": 0.0,
+                }
+            )
+            runs.append(
+                {
+                    **base,
+                    "task": "task",
+                    "world": "ideal",
+                    "size": s["steps"] * s["batch_size"],
+                    "test_acc": 0.1,
+                    "online_loss": online[layout][seed],
+                    "online_loss_var": 1e-6,
+                }
+            )
+    return {"settings": s, "runs": runs}
+
+
+def test_table_and_verdicts_read_known_numbers():
+    acc = {
+        "ViT-Rel": [0.05, 0.05, 0.05],
+        "C-C-C-C": [0.40, 0.42, 0.41],
+        "C-C-C-T": [0.30, 0.31, 0.29],
+        "C-C-T-T": [0.20, 0.21, 0.19],
+        "C-T-T-T": [0.10, 0.11, 0.09],
+    }
+    online = {
+        "ViT-Rel": [4.5, 4.5, 4.5],
+        "C-C-C-C": [1.0, 1.1, 1.05],
+        "C-C-C-T": [2.0, 2.1, 2.05],
+        "C-C-T-T": [3.0, 3.1, 3.05],
+        "C-T-T-T": [4.0, 4.1, 4.05],
+    }
+    record = _study_record(acc, online)
+    rows = {(r["task"], r["world"], r["layout"]): r for r in study_table(record)}
+    assert rows[("task", "real", "C-C-C-C")]["test_acc"].mean == pytest.approx(0.41)
+    assert rows[("task", "real", "ViT-Rel")]["test_acc"].se == pytest.approx((0.05 * 0.95 / 2000) ** 0.5)
+    assert rows[("task", "ideal", "C-T-T-T")]["online_loss"].mean == pytest.approx(4.05)
+    v = study_verdicts(record)
+    general = {(r.ahead, r.behind): r.verdict for r in v["generalization task 16"]}
+    assert general[("C-C-C-C", "C-C-T-T")] == "agrees" and general[("C-C-C-C", "C-C-C-T")] == "differs"
+    capacity = {(r.ahead, r.behind): r.verdict for r in v["capacity"]}
+    # lower online loss is more capacity: the conv-first layouts fit best here, the paper's claim reversed
+    assert capacity[("C-C-T-T", "C-C-C-C")] == "reversed" and capacity[("ViT-Rel", "C-C-C-T")] == "reversed"
+    assert capacity[("C-C-T-T", "ViT-Rel")] == "agrees"
+    assert {r.verdict for r in v["generalization local 16"]} == {"undecided"}
+
+
+@pytest.mark.parametrize("preset", [CPU, FULL])
+def test_matched_sizes_within_ten_percent_only_the_last_width_changing(preset):
+    settings = json.loads(json.dumps(preset))
+    models = study_models(settings)
+    params = [m["params"] for m in models.values()]
+    assert max(params) / min(params) < 1.10
+    base = layouts.base_config(settings)
+    for layout, m in models.items():
+        widths = m["config"]["widths"]
+        last = 2 if layout == "ViT-Rel" else 3
+        assert [w for i, w in enumerate(widths) if i != last] == [w for i, w in enumerate(base.widths) if i != last]
+    assert settings["image_size"] // 16 >= 8  # S3 and ViT-Rel see at least 8x8 maps
+
+
+def test_presets_have_the_issues_design():
+    for preset in (CPU, FULL):
+        assert max(preset["sizes"]) >= 16 * min(preset["sizes"]) and len(preset["sizes"]) >= 3
+        assert len(preset["seeds"]) >= 3 and len(preset["lr_grid"]) >= 3
+        seen = preset["steps"] * preset["batch_size"]
+        assert all(seen % n == 0 for n in preset["sizes"])  # whole passes over each fixed set
+    assert 3e6 <= min(m["params"] for m in study_models(json.loads(json.dumps(FULL))).values()) <= 5e6
+
+
+def test_study_model_rebuilds_each_layout_from_the_record(quick):
+    _, record = quick
+    for layout in LAYOUTS:
+        assert count_params(study_model(record, layout)) == record["models"][layout]["params"]
+
+
+def test_default_output_is_under_the_current_directory_and_the_artefact_is_an_explicit_copy(
+    quick, tmp_path, monkeypatch
+):
+    out, _ = quick
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(out, tmp_path / "coatlib-results")
+    monkeypatch.setattr(layouts, "ARTEFACTS", tmp_path / "artefacts")
+    (tmp_path / "artefacts").mkdir()
+    main(["layouts", "--quick", "--quiet"])
+    assert not (tmp_path / "artefacts" / "layout_study_quick.json").exists()
+    main(["layouts", "--quick", "--quiet", "--update-artefact"])
+    copied = json.loads((tmp_path / "artefacts" / "layout_study_quick.json").read_text())
+    assert copied["runs"] == json.loads((tmp_path / "coatlib-results" / "layout_study_quick.json").read_text())["runs"]
