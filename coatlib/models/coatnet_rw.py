@@ -53,7 +53,7 @@ test keeps this copy equal to it, and another that each model gives timm's
 logits):
 
 ===============================  ======  ======  ======  ======  ======  ======  ======
-                                 paper   nano    0       1       bn_0    2       3
+the choice                       paper   nano    0       1       bn_0    2       3
 ===============================  ======  ======  ======  ======  ======  ======  ======
 SiLU after the MBConv pre-norm   no      no      yes     yes     yes     yes     yes
 SE before the depthwise BN       no      no      yes     yes     yes     no      no
@@ -175,7 +175,7 @@ def per_model_table() -> str:
     paper, read from ``RW_CONFIGS`` (the table in this module's docstring)."""
     short = [name.removeprefix("coatnet_").removesuffix("_rw") for name in RW_CONFIGS]
     rule = "  ".join(["=" * 31, *["=" * 6] * (len(short) + 1)])
-    lines = [rule, "  ".join([f"{'':31s}", f"{'paper':6s}", *(f"{n:6s}" for n in short)]).rstrip(), rule]
+    lines = [rule, "  ".join([f"{'the choice':31s}", f"{'paper':6s}", *(f"{n:6s}" for n in short)]).rstrip(), rule]
     for what, paper, value in PER_MODEL:
         cells = [f"{value(config):6s}" for config in RW_CONFIGS.values()]
         lines.append("  ".join([f"{what:31s}", f"{paper:6s}", *cells]).rstrip())
