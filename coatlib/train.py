@@ -97,6 +97,7 @@ def fit(
     progress: bool = True,
     num_workers: int = 0,
     on_step: Callable[[float], None] | None = None,
+    table_lr_scale: float = 1.0,
 ) -> dict[str, list]:
     """Train ``model`` on ``train_data`` for ``epochs`` epochs; return the history.
 
@@ -130,6 +131,16 @@ def fit(
     epoch; ``plot_history`` draws it. ``on_step(loss)``, if given, is called after every
     optimiser step with that batch's training loss (this process's share), for curves finer
     than an epoch: the online loss of a run on fresh data, say.
+
+    ``table_lr_scale`` multiplies the learning rate of the relative-bias tables (the
+    ``relative_bias_table`` parameters of ``RelativeAttention``) at every step, warm-up and decay
+    included; nothing else changes (the tables have no weight decay, and the gradients and their
+    clipping are those of the other parameters). AdamW moves a parameter by about its learning rate
+    per step, so a table entry moves at most about ``table_lr_scale`` times the summed learning
+    rates of the run, ``lr * (w / 2 + (T - w) / 2) = lr * T / 2`` for ``w`` steps of linear warm-up and
+    ``T - w`` of cosine decay; a
+    pre-softmax table needs entries several units apart to make attention local (the book's
+    chapter 3). A scale other than 1 on a model without trainable tables is an error.
     """
     rank, world, local_rank = init_distributed()
     if fsdp and world == 1:
@@ -152,6 +163,7 @@ def fit(
         )
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    _check_table_lr_scale(table_lr_scale, model)
     steps_per_epoch = _steps_per_epoch(train_data, batch_size, world)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     if checkpoint is not None and checkpoint.exists() and not resume:
@@ -173,7 +185,7 @@ def fit(
     if compile:
         net = torch.compile(net)
 
-    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr)
+    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay, lr, table_lr_scale), lr=lr)
     warmup_steps, total_steps = round(warmup_epochs * steps_per_epoch), epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup_steps, total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
@@ -184,6 +196,8 @@ def fit(
         "lr": lr,
         "warmup_steps": warmup_steps,
     }
+    if table_lr_scale != 1:  # only then: checkpoints of runs without it keep resuming
+        schedule["table_lr_scale"] = float(table_lr_scale)
     history, start = {k: [] for k in HISTORY_KEYS}, 0
     torch.manual_seed(seed + rank)
     if resume:
@@ -693,12 +707,44 @@ def _check_model_takes(model: nn.Module, data: Dataset, device: torch.device) ->
 NO_DECAY_NAMES = ("relative_bias_table", "pos_embed", "cls_token")
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+TABLE_NAME = "relative_bias_table"
+
+
+def _param_groups(
+    model: nn.Module, weight_decay: float, lr: float | None = None, table_lr_scale: float = 1.0
+) -> list[dict]:
+    """AdamW's parameter groups: the weights that decay, the rest; with ``table_lr_scale != 1`` the
+    relative-bias tables leave the second group for a third with learning rate ``lr * table_lr_scale``
+    (the scheduler's factor multiplies each group's own rate, so the ratio holds at every step)."""
     groups: dict[bool, list[nn.Parameter]] = {True: [], False: []}
+    tables: list[nn.Parameter] = []
     for name, p in model.named_parameters():
-        if p.requires_grad:
+        if not p.requires_grad:
+            continue
+        if table_lr_scale != 1 and name.endswith(TABLE_NAME):
+            tables.append(p)
+        else:
             groups[p.ndim >= 2 and not name.endswith(NO_DECAY_NAMES)].append(p)
-    return [{"params": groups[True], "weight_decay": weight_decay}, {"params": groups[False], "weight_decay": 0.0}]
+    out = [{"params": groups[True], "weight_decay": weight_decay}, {"params": groups[False], "weight_decay": 0.0}]
+    if tables:
+        if lr is None:
+            raise ValueError("a table learning-rate scale needs the base learning rate lr")
+        out.append({"params": tables, "weight_decay": 0.0, "lr": lr * table_lr_scale})
+    return out
+
+
+def _check_table_lr_scale(scale, model: nn.Module) -> None:
+    """``table_lr_scale`` must be a positive finite number, and other than 1 only for a model with tables."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(
+            f"table_lr_scale must be a positive finite number (the factor on the bias tables' learning "
+            f"rate; 1 leaves it alone), got {scale!r}"
+        )
+    if scale != 1 and not any(n.endswith(TABLE_NAME) and p.requires_grad for n, p in model.named_parameters()):
+        raise ValueError(
+            f"table_lr_scale={scale} but {_describe(model)} has no trainable relative-bias tables "
+            f"(parameters named *.{TABLE_NAME}): leave table_lr_scale at 1 for this model"
+        )
 
 
 def _progress_bar(steps: int, desc: str):
@@ -756,6 +802,12 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument(
+        "--table-lr-scale",
+        type=float,
+        default=1.0,
+        help="factor on the relative-bias tables' learning rate (1: the same as every other parameter)",
+    )
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm; 0 turns clipping off")
     p.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate (CoAtNet models)")
@@ -822,6 +874,7 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
         resume=args.resume,
         progress=not args.quiet,
         num_workers=args.num_workers,
+        table_lr_scale=args.table_lr_scale,
     )
     if rank == 0:
         record = {

@@ -272,3 +272,46 @@ def test_position_parameters_are_not_weight_decayed():
     assert tables and all(any(t is q for q in no_decay["params"]) for t in tables)
     assert not any(t is q for t in tables for q in decay["params"])
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+
+
+def _one_step(table_lr_scale, data):
+    torch.manual_seed(0)
+    model = coatlib.create_model("coatnet_pico", num_classes=10, image_size=64)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, data, None, 1, batch_size=len(data), progress=False, table_lr_scale=table_lr_scale)
+    return {n: p.detach() - before[n] for n, p in model.named_parameters()}
+
+
+def test_table_lr_scale_is_an_exact_multiplier_on_the_tables_only():
+    """One AdamW step from the same weights on the same batch: with table_lr_scale=10 the tables move
+    exactly 10 times as far as with 1, and every other parameter moves exactly as far."""
+    data = Subset(load("digits", "train", image_size=64), range(8))
+    one, ten = _one_step(1.0, data), _one_step(10.0, data)
+    tables = [n for n in one if n.endswith("relative_bias_table")]
+    assert len(tables) == 3  # S3's two blocks (4x4 maps) and S4's one (2x2)
+    for name in one:
+        if name in tables:
+            assert one[name].abs().min() > 0  # AdamW's first step moves every entry, by about lr
+            torch.testing.assert_close(ten[name], 10 * one[name], rtol=1e-4, atol=0)
+        else:
+            assert torch.equal(ten[name], one[name]), name
+
+
+@pytest.mark.parametrize("scale", [0, -1.0, float("nan"), float("inf"), "10", True])
+def test_table_lr_scale_must_be_positive_and_finite(scale):
+    data = Subset(load("digits", "train", image_size=32), range(8))
+    model = coatlib.create_model("coatnet_pico", num_classes=10, image_size=32)
+    with pytest.raises(ValueError, match="table_lr_scale must be a positive finite number"):
+        fit(model, data, None, 1, batch_size=8, progress=False, table_lr_scale=scale)
+
+
+def test_table_lr_scale_needs_tables(tmp_path):
+    data = Subset(load("digits", "train", image_size=16), range(8))
+    with pytest.raises(ValueError, match="has no trainable relative-bias tables"):
+        fit(tiny_cnn(), data, None, 1, batch_size=8, progress=False, table_lr_scale=10.0)
+    # the command line passes it through, and a checkpoint records it in its schedule
+    args = ["--data", "same_different", "--data-size", "32", "--test-size", "16", "--image-size", "32"]
+    main(args + ["--epochs", "1", "--batch-size", "16", "--quiet", "--out", str(tmp_path), "--table-lr-scale", "5"])
+    schedule = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["schedule"]
+    assert schedule["table_lr_scale"] == 5.0
+    assert json.loads((tmp_path / "history.json").read_text())["args"]["table_lr_scale"] == 5.0
