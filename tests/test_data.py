@@ -209,7 +209,9 @@ def test_same_different_with_an_alphabet_draws_every_glyph_from_it_in_both_split
 
 
 def test_unknown_name_lists_the_available_ones():
-    with pytest.raises(ValueError, match="Did you mean 'digits'.*Available: digits, textures, same_different, digit_pairs, cifar10"):
+    with pytest.raises(
+        ValueError, match="Did you mean 'digits'.*Available: digits, textures, same_different, digit_pairs, cifar10"
+    ):
         load("digit")
 
 

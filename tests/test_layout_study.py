@@ -73,30 +73,35 @@ def test_refuses_a_record_with_other_settings(tmp_path):
         layout_study("quick", tmp_path)
 
 
-def test_a_failed_gate_stops_before_the_study_and_keeps_the_pilots(quick, tmp_path, monkeypatch):
+def test_a_failed_gate_stops_before_the_rest_of_the_study_and_keeps_the_pilots(quick, tmp_path, monkeypatch):
     out, _ = quick
     shutil.copytree(out, tmp_path, dirs_exist_ok=True)
     path = tmp_path / "layout_study_quick.json"
     record = json.loads(path.read_text())
-    record["runs"] = [r for r in record["runs"] if r["kind"] != "study"]
-    path.write_text(json.dumps(record))
-    monkeypatch.setitem(layouts.PRESETS, "quick", {**QUICK, "require_gate": True})
+    first = record["settings"]["seeds"][0]
+    gating = [r for r in record["runs"] if r["kind"] == "study" and r["world"] == "ideal" and r["seed"] == first]
+    record["runs"] = [r for r in record["runs"] if r["kind"] != "study"] + gating
     record["settings"]["require_gate"] = True
     path.write_text(json.dumps(record))
+    monkeypatch.setitem(layouts.PRESETS, "quick", {**QUICK, "require_gate": True})
     monkeypatch.setattr(layouts, "gate", lambda r: {"passed": False, "reason": "no separation"})
+    monkeypatch.setattr(layouts, "run_one", lambda job: pytest.fail(f"trained past the gate: {job}"))
     with pytest.raises(SystemExit, match="pilot gate did not pass .no separation.; the pilots are in"):
         main(["layouts", "--quick", "--out", str(tmp_path), "--quiet"])
     kept = json.loads(path.read_text())
-    assert not [r for r in kept["runs"] if r["kind"] == "study"] and kept["gate"]["passed"] is False
+    assert kept["runs"] == record["runs"] and kept["gate"]["passed"] is False
 
 
 def _pilot_record(losses: dict[str, tuple[float, float]]) -> dict:
+    """Rate-pilot runs (seed 0, two rates) and the study's first ideal-world seed (1), per layout."""
     runs = []
     for layout, (seed0, seed1) in losses.items():
-        runs.append({"kind": "lr", "layout": layout, "lr": 1e-3, "amp": "bf16", "online_loss": seed0})
-        runs.append({"kind": "lr", "layout": layout, "lr": 2e-3, "amp": "bf16", "online_loss": seed0 + 0.3})
-        runs.append({"kind": "pilot", "layout": layout, "lr": 1e-3, "amp": "bf16", "online_loss": seed1})
-    return {"settings": {"lr_grid": [1e-3, 2e-3], "amp": "bf16"}, "runs": runs}
+        base = {"layout": layout, "amp": "bf16", "world": "ideal"}
+        runs.append({**base, "kind": "lr", "seed": 0, "lr": 1e-3, "online_loss": seed0})
+        runs.append({**base, "kind": "lr", "seed": 0, "lr": 2e-3, "online_loss": seed0 + 0.3})
+        runs.append({**base, "kind": "study", "seed": 1, "lr": 1e-3, "online_loss": seed1})
+        runs.append({**base, "kind": "study", "seed": 1, "lr": 2e-3, "online_loss": 0.0})  # another rate: not read
+    return {"settings": {"lr_grid": [1e-3, 2e-3], "amp": "bf16", "lr_seed": 0, "seeds": [1, 2, 3]}, "runs": runs}
 
 
 def test_rate_is_the_lowest_online_loss_and_the_gate_needs_conv_against_attention_separated():
@@ -105,7 +110,7 @@ def test_rate_is_the_lowest_online_loss_and_the_gate_needs_conv_against_attentio
             "ViT-Rel": (4.50, 4.51),
             "C-C-C-C": (4.10, 4.15),
             "C-C-C-T": (4.49, 4.50),
-            "C-C-T-T": (4.3, 4.5),
+            "C-C-T-T": (4.2, 4.5),
             "C-T-T-T": (4.50, 4.50),
         }
     )
@@ -131,7 +136,7 @@ def test_rate_is_the_lowest_online_loss_and_the_gate_needs_conv_against_attentio
     conv_only["lr"] = chosen_lrs(conv_only)
     assert not gate(conv_only)["passed"]
     with pytest.raises(ValueError, match="unfinished"):
-        chosen_lrs({"settings": {"lr_grid": [1e-3, 2e-3]}, "runs": separated["runs"][:2]})
+        chosen_lrs({"settings": {"lr_grid": [1e-3, 2e-3]}, "runs": separated["runs"][:1]})
 
 
 def _study_record(acc: dict[str, list[float]], online: dict[str, list[float]]) -> dict:

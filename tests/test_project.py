@@ -178,6 +178,6 @@ def test_every_committed_result_the_chapters_read_ships_with_the_package():
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["coatlib"]
     artefacts = ROOT / "coatlib" / "artefacts"
     files = [p.relative_to(ROOT / "coatlib").as_posix() for p in artefacts.rglob("*") if p.is_file()]
-    assert {"artefacts/layout_sweep.json", "artefacts/chapter3_bias.json"} <= set(files)
+    assert {"artefacts/layout_study_cpu.json", "artefacts/chapter3_bias.json"} <= set(files)
     missing = [f for f in files if not any(fnmatch.fnmatchcase(f, p) for p in patterns)]
     assert not missing, f"not in [tool.setuptools.package-data]: {missing}"

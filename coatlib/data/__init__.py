@@ -10,12 +10,12 @@ name                what                                                  train 
 ``digits``          handwritten digits, scikit-learn, 8x8 grey            1,437 / 360           10       32
 ``textures``        crops of texture photos, scikit-image, grey           2,400 / 600           6        32
 ``same_different``  two far-apart glyphs: same? (generated, ``glyphs=``)  any (10,000 / 2,000)  2        32
-``digit_pairs``     two digits in clutter: which is left? (generated)     any (10,000 / 2,000)  90 (100)  128
+``digit_pairs``     two digits in clutter, their order (generated)        any (10,000 / 2,000)  90       128
 ``cifar10``         CIFAR-10 through torchvision, download=True           50,000 / 10,000       10       32
 ``imagenette``      Imagenette 160 px through torchvision, download=True  9,469 / 3,925         10       128
 ==================  ====================================================  ====================  =======  ====
 
-``size`` is the default ``image_size`` in pixels. The first three ship
+``size`` is the default ``image_size`` in pixels. The first four ship
 inside scikit-learn and scikit-image or are generated, so they need no
 network. Grey images come with ``channels=3`` (the channel repeated, which
 every model's default ``in_chans=3`` takes) or ``channels=1`` (then build the
