@@ -10,6 +10,10 @@ or not:
 * ``attention_maps(model, image, stage, query)``: the attention weights of each head from
   one query position of a stage's map, ``(heads, H, W)``, and ``attention_locality``, the
   share of the actual attention (content and bias) near the query;
+* ``distance_ratio(weights, map_size)``: how far attention reaches, the attention-weighted mean
+  distance between query and key divided by the same mean under uniform attention (1: as far
+  as uniform attention, 0: only the query itself); ``table_distance_ratio`` for a table alone
+  and ``attention_distance_ratios`` for every relative-attention layer of a model on images;
 * ``effective_receptive_field(model, images, stage)``: how strongly each input pixel moves
   the centre output of a stage (Luo et al. 2016), and ``erf_size`` its extent in pixels;
 * ``depthwise_kernels(model, stage)``: the depthwise filters of a stage's MBConv blocks;
@@ -30,7 +34,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 
-from coatlib.attention import RelativeAttention
+from coatlib.attention import RelativeAttention, relative_position_index
 
 
 def attention_layers(model: nn.Module, stage: int) -> list[RelativeAttention]:
@@ -107,6 +111,87 @@ def attention_locality(model: nn.Module, images: torch.Tensor, stage: int, radiu
         weights = _attention_weights(model, layer, images).float().cpu()  # (B, heads, N, N)
         shares.append((weights * near).sum(-1).mean((0, 2)))
     return shares
+
+
+def key_distances(map_size: tuple[int, int]) -> torch.Tensor:
+    """``(N, N)`` Euclidean distance, in map positions, between query ``i`` and key ``j`` of an ``H x W`` map."""
+    H, W = map_size
+    rows, cols = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    pos = torch.stack([rows.flatten(), cols.flatten()], 1).float()  # (N, 2)
+    return torch.cdist(pos, pos)
+
+
+def uniform_distance(map_size: tuple[int, int]) -> float:
+    """Mean distance between a query and a key under uniform attention, averaged over the queries of the
+    map: the distance a head with a flat table and no content reaches (the denominator of ``distance_ratio``)."""
+    return key_distances(map_size).mean().item()
+
+
+def distance_ratio(weights: torch.Tensor, map_size: tuple[int, int]) -> torch.Tensor:
+    """How far attention reaches: ``sum_j A_ij d(i, j)``, averaged over the queries ``i``, divided by
+    ``uniform_distance``.
+
+    ``weights`` is ``(..., N, N)`` (row: query, column: key; rows sum to 1) on an ``H x W`` map,
+    ``N = H W``; the result is ``(...)``: 1 for uniform attention, 0 when every query attends to itself
+    only, below 1 when attention favours near keys, above 1 when it favours far ones. ``d`` is the
+    Euclidean distance in map positions, so maps of different sizes compare through the ratio.
+    """
+    d = key_distances(map_size)
+    N = d.shape[0]
+    if weights.shape[-2:] != (N, N):
+        raise ValueError(f"weights of shape {tuple(weights.shape)} are not (..., {N}, {N}) for a {map_size} map")
+    return (weights.float() * d).sum(-1).mean(-1) / d.mean()
+
+
+def table_distance_ratio(table: torch.Tensor) -> torch.Tensor:
+    """``distance_ratio`` of each head's table alone, ``softmax_j(w[i - j])`` (no content): ``(heads,)``.
+
+    ``table`` is one layer's ``(heads, 2H - 1, 2W - 1)``. A constant table gives exactly 1; a table that
+    falls steeply with the offset's length gives nearly 0.
+    """
+    H, W = (table.shape[1] + 1) // 2, (table.shape[2] + 1) // 2
+    bias = table.float().flatten(1)[:, relative_position_index(H, W)]  # (heads, N, N)
+    return distance_ratio(bias.softmax(-1), (H, W))
+
+
+def relative_attention_layers(model: nn.Module) -> list[tuple[str, RelativeAttention]]:
+    """Every relative-attention layer of ``model``, in order, named ``S3.0`` (stage S3, block 0) for a
+    CoAtNet (ViT-Rel's single stage is ``S1-S4``), by its module name otherwise."""
+    layers = []
+    for s, stage in enumerate(getattr(model, "stages", [])):
+        for b, block in enumerate(getattr(stage, "blocks", [])):
+            if isinstance(getattr(block, "attn", None), RelativeAttention):
+                layers.append((f"{getattr(stage, 'name', f'S{s + 1}')}.{b}", block.attn))
+    if not layers:
+        layers = [(name, m) for name, m in model.named_modules() if isinstance(m, RelativeAttention)]
+    return layers
+
+
+@torch.no_grad()
+def attention_distance_ratios(model: nn.Module, images: torch.Tensor, batch_size: int = 20) -> list[torch.Tensor]:
+    """``distance_ratio`` of the actual attention (content and table) of every layer of
+    ``relative_attention_layers(model)`` on ``images`` ``(B, 3, H, W)``, averaged over the images: one
+    ``(heads,)`` tensor per layer. One forward pass per batch of images serves every layer."""
+    layers = [layer for _, layer in relative_attention_layers(model)]
+    sums = [torch.zeros(layer.num_heads) for layer in layers]
+    seen: dict[int, torch.Tensor] = {}
+    handles = [
+        layer.register_forward_pre_hook(lambda module, args, i=i: seen.__setitem__(i, args[0]))
+        for i, layer in enumerate(layers)
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        for start in range(0, len(images), batch_size):
+            model(images[start : start + batch_size])
+            for i, layer in enumerate(layers):
+                weights = layer.attention_weights(seen[i])  # (b, heads, N, N)
+                sums[i] += distance_ratio(weights, layer.map_size).sum(0).cpu()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return [s / len(images) for s in sums]
 
 
 def plot_bias_tables(

@@ -186,3 +186,48 @@ def test_plots_take_labels(model):
     fig = plot_depthwise_kernels(depthwise_kernels(model, 2)[:1], channels=2, labels=["S2"])
     assert fig.axes[0].get_title() == "S2, mean |w|"
     plt.close("all")
+
+
+def test_distance_ratio_of_known_tables():
+    """A constant table reaches as far as uniform attention (1); a table falling steeply with the
+    offset's length keeps each query on itself (near 0); a gentler slope lies in between."""
+    from coatlib.inspection import key_distances, table_distance_ratio, uniform_distance
+
+    H = W = 8
+    dy = torch.arange(-(H - 1), H, dtype=torch.float32)[:, None]
+    dx = torch.arange(-(W - 1), W, dtype=torch.float32)[None]
+    length = (dy**2 + dx**2).sqrt()
+    assert table_distance_ratio(torch.full((3, 15, 15), 0.7)).tolist() == pytest.approx([1.0] * 3)
+    steep, gentle = table_distance_ratio(torch.stack([-20 * length, -1 * length]))
+    assert steep < 1e-6 and 0.1 < gentle < 0.6
+    far = table_distance_ratio((5 * length)[None])  # a table that prefers far keys
+    assert far > 1.3
+    # the uniform value by hand: the mean distance over all (query, key) pairs of the map
+    d = key_distances((H, W))
+    assert d.shape == (64, 64) and d[0, 9] == pytest.approx(2**0.5) and d[0, 63] == pytest.approx(98**0.5)
+    assert uniform_distance((H, W)) == pytest.approx(d.sum().item() / 64**2)
+    assert uniform_distance((2, 1)) == pytest.approx(0.5)  # two positions: half the pairs are 1 apart
+
+
+def test_attention_distance_ratios_measure_every_layer():
+    """With the content zeroed the actual attention is the table's; a steep table in one layer
+    makes that layer, and only that one, local."""
+    from coatlib.inspection import attention_distance_ratios, relative_attention_layers, table_distance_ratio
+
+    torch.manual_seed(0)
+    model = coatlib.create_model("coatnet_pico", num_classes=4, image_size=64)
+    layers = relative_attention_layers(model)
+    assert [name for name, _ in layers] == ["S3.0", "S3.1", "S4.0"]
+    with torch.no_grad():
+        for _, layer in layers:
+            layer.qkv.weight.zero_()
+            layer.qkv.bias.zero_()
+        first = layers[0][1]
+        dy = torch.arange(-3, 4, dtype=torch.float32)[:, None]
+        first.relative_bias_table.copy_(-20 * (dy**2 + dy.T**2).sqrt())
+    ratios = attention_distance_ratios(model, torch.randn(5, 3, 64, 64), batch_size=2)
+    assert ratios[0].max() < 1e-6
+    for (_, layer), ratio in zip(layers, ratios):
+        torch.testing.assert_close(ratio, table_distance_ratio(layer.relative_bias_table.detach()))
+    vit = coatlib.create_model("coatnet_pico_vitrel", num_classes=4, image_size=64)
+    assert [name for name, _ in relative_attention_layers(vit)][:2] == ["S1-S4.0", "S1-S4.1"]
