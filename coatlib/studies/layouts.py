@@ -100,19 +100,20 @@ QUICK = {
     "baseline": {"train": 128, "test": 32},
     "require_gate": False,  # toy runs separate nothing: the gate is computed and recorded, not enforced
 }
-# The GPU preset: wider models (about 3-4M parameters), 4x the batch, 4x the steps.
+# The GPU preset: wider models (about 3.3M parameters), 16x the batch, 204,800 images seen per run
+# (8.5x the CPU default's), sized to run in about 10 minutes on one H200 with 12 workers.
 FULL = {
     **CPU,
     "model": "coatnet_nano",
     "widths": (48, 96, 192, 384),
-    "batch_size": 64,
-    "steps": 6000,  # 384,000 images seen
-    "sizes": (3000, 12000, 48000),  # 128, 32 and 8 passes
-    "local_size": 3000,
-    "local_steps": 1500,
+    "batch_size": 256,
+    "steps": 800,
+    "sizes": (3200, 12800, 51200),  # 64, 16 and 4 passes
+    "local_size": 3200,
+    "local_steps": 200,
+    "lr_grid": (1e-3, 2e-3, 4e-3),  # a larger batch: the grid moves up by 2x
     "test_size": 10000,
     "train_eval_size": 4000,
-    "baseline": {"train": 20000, "test": 5000},
 }
 PRESETS = {"quick": QUICK, "cpu": CPU, "full": FULL}
 ARTEFACTS = Path(__file__).resolve().parent.parent / "artefacts"
