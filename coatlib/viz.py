@@ -1,12 +1,12 @@
-"""Figures for the book: a CoAtNet's stage layout, and the layout study of the paper's section 3.2.
+"""Figures for the book: a CoAtNet's stage layout, and the layout study of the paper's section 2.2.
 
 ``stage_table(model)`` reads the stages of a built CoAtNet (any size, any
 layout, on any device including ``meta``): stem, then S1..S4 as runs of
 MBConv ("C") or Transformer ("T") blocks with their width D and feature-map
 size, the rows of the paper's Table 3. ``draw_stages(model)`` draws them;
-``plot_layout_sweep(record)`` draws the layout study of
-``coatlib.experiments.layout_sweep``: accuracy and training loss against data
-size, and accuracy at equal training loss.
+``plot_layout_study(record)`` and ``plot_ideal_world(record)`` draw the layout study of
+``coatlib.studies.layouts``: test accuracy against data size and against training
+loss, and the online loss of the ideal world.
 
 Every figure has labelled axes and an opaque white background, so that it
 reads the same in the book's light and dark themes.
@@ -144,64 +144,95 @@ def stage_legend(ax: plt.Axes, kinds=tuple(COLORS), **kwargs):
     return ax.legend(handles=handles, **{"fontsize": 7, "loc": "upper left", "facecolor": "white", **kwargs})
 
 
-LAYOUT_COLORS = {
-    "ViT-Rel": "#8c8c8c",
-    "C-C-C-C": "#4c72b0",
-    "C-C-C-T": "#55a868",
-    "C-C-T-T": "#dd8452",
-    "C-T-T-T": "#c44e52",
+# The five layouts in the Okabe-Ito colour-blind-safe palette, each with its own marker.
+LAYOUT_STYLE = {
+    "ViT-Rel": {"color": "#CC79A7", "marker": "D"},
+    "C-C-C-C": {"color": "#0072B2", "marker": "o"},
+    "C-C-C-T": {"color": "#009E73", "marker": "s"},
+    "C-C-T-T": {"color": "#E69F00", "marker": "^"},
+    "C-T-T-T": {"color": "#D55E00", "marker": "v"},
 }
+COLUMN_WIDTH = 7.5  # inches: the book's text column
 
 
-def plot_layout_sweep(record: dict, data: str | None = None, axes=None) -> plt.Figure:
-    """Draw a ``coatlib.experiments.layout_sweep`` record for one data set (default: its task) in three
-    panels, each point the mean over seeds with its standard error as a bar:
+def plot_layout_study(record: dict, task: str = "task") -> plt.Figure:
+    """The real world of a ``coatlib.studies.layouts`` record in two panels, each point the mean over
+    seeds with its 95% interval (``coatlib.studies.stats``; test accuracy with the test set's own noise):
 
-    1. test accuracy against the number of training images (generalisation at each data size);
-    2. final training loss against the number of training images (capacity: how low each layout fits);
-    3. test accuracy against final training loss, one line per layout through its data sizes
-       (the paper's criterion: at equal training loss, the higher point generalises better).
+    1. test accuracy against the number of training images (generalization at each data size);
+    2. test accuracy against the final training loss, one line per layout through its sizes
+       (the paper's criterion: at equal training loss, the higher point generalizes better).
     """
-    from coatlib.experiments import PAPER_ORDER, sweep_summary
+    from coatlib.studies.layouts import LAYOUTS, study_table
 
-    runs = record.get("runs") if isinstance(record, dict) else None
-    if not runs:
-        raise ValueError("plot_layout_sweep needs a record of coatlib.experiments.layout_sweep with finished runs")
-    data = data or record["settings"]["task"]["data"]
-    rows = [r for r in sweep_summary(record) if r["data"] == data]
+    rows = [r for r in study_table(_check_study(record)) if r["task"] == task and r["world"] == "real"]
     if not rows:
-        raise ValueError(f"the record has no finished runs on {data!r}")
-    if axes is None:
-        _, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
-    fig = axes[0].figure
-    _opaque(fig, *axes)
-    for layout in PAPER_ORDER:
+        raise ValueError(f"the record has no finished real-world runs of {task!r}")
+    fig, (acc_ax, fit_ax) = plt.subplots(1, 2, figsize=(COLUMN_WIDTH, 3.4), layout="constrained")
+    _opaque(fig, acc_ax, fit_ax)
+    for layout in LAYOUTS:
         mine = [r for r in rows if r["layout"] == layout]
         if not mine:
             continue
-        style = {"color": LAYOUT_COLORS[layout], "marker": "o", "markersize": 4, "capsize": 3, "label": layout}
+        style = {**LAYOUT_STYLE[layout], "markersize": 5, "capsize": 2, "label": layout, "linewidth": 1.2}
         sizes = [r["size"] for r in mine]
-        acc, acc_se = [r["test_acc"] for r in mine], [r["test_acc_se"] for r in mine]
-        loss, loss_se = [r["train_loss"] for r in mine], [r["train_loss_se"] for r in mine]
-        axes[0].errorbar(sizes, acc, yerr=acc_se, **style)
-        axes[1].errorbar(sizes, loss, yerr=loss_se, **style)
-        axes[2].errorbar(loss, acc, xerr=loss_se, yerr=acc_se, **style)
-    seeds = sorted({r["seeds"] for r in rows})
-    all_sizes = sorted({r["size"] for r in rows})
-    for ax in axes[:2]:
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(all_sizes, [f"{n:,}" for n in all_sizes], minor=False)
-        ax.set_xticks([], minor=True)
-        ax.set_xlabel("training images (log scale)")
-    axes[0].set(ylabel="test accuracy", title=f"{data}: test accuracy")
-    axes[1].set(ylabel="final training loss (eval mode)", title=f"{data}: training loss (capacity)")
-    axes[2].set(
-        xlabel="final training loss (falling to the right)",
-        ylabel="test accuracy",
-        title=f"{data}: test accuracy at equal training loss",
-    )
-    axes[2].invert_xaxis()
-    for ax in axes:
+        acc = [r["test_acc"] for r in mine]
+        loss = [r["train_loss"] for r in mine]
+        acc_ax.errorbar(sizes, [a.mean for a in acc], yerr=_bars(acc), **style)
+        fit_ax.errorbar([x.mean for x in loss], [a.mean for a in acc], xerr=_bars(loss), yerr=_bars(acc), **style)
+    sizes = sorted({r["size"] for r in rows})
+    acc_ax.set_xscale("log")
+    acc_ax.set_xticks(sizes, [f"{n:,}" for n in sizes], minor=False)
+    acc_ax.set_xticks([], minor=True)
+    acc_ax.set(xlabel="training images (log scale)", ylabel="test accuracy")
+    fit_ax.set(xlabel="final training loss", ylabel="test accuracy")
+    fit_ax.invert_xaxis()
+    for ax in (acc_ax, fit_ax):
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, title=f"mean ± SE, {'/'.join(map(str, seeds))} seeds", title_fontsize=8)
+    acc_ax.legend(fontsize=9, title=f"{rows[0]['seeds']} seeds, 95% intervals", title_fontsize=9)
     return fig
+
+
+def plot_ideal_world(record: dict) -> plt.Figure:
+    """Online training loss against steps in the ideal world (fresh images at every step), one line per
+    layout (the mean over seeds; the band is the seeds' range), with chance, ``ln(90)``, dashed."""
+    import math
+
+    from coatlib.studies.layouts import LAYOUTS, study_runs
+
+    runs = study_runs(_check_study(record), "task", "ideal")
+    if not any(runs.values()):
+        raise ValueError("the record has no finished ideal-world runs")
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 3.4), layout="constrained")
+    _opaque(fig, ax)
+    for layout in LAYOUTS:
+        curves = [r["loss_curve"] for r in runs[layout]]
+        if not curves:
+            continue
+        steps = runs[layout][0]["steps"]
+        x = [(i + 0.5) * steps / len(curves[0]) for i in range(len(curves[0]))]
+        mean = [sum(c) / len(c) for c in zip(*curves)]
+        style = LAYOUT_STYLE[layout]
+        ax.plot(x, mean, color=style["color"], marker=style["marker"], markevery=5, markersize=5, label=layout)
+        ax.fill_between(
+            x, [min(c) for c in zip(*curves)], [max(c) for c in zip(*curves)], color=style["color"], alpha=0.2
+        )
+    ax.axhline(math.log(90), color="black", linestyle="--", linewidth=1, label="chance (ln 90)")
+    ax.set(xlabel="optimiser step (each on fresh images)", ylabel="training loss = test loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, ncols=2)
+    return fig
+
+
+def _check_study(record: dict) -> dict:
+    if not isinstance(record, dict) or record.get("experiment") != "layout_study" or not record.get("runs"):
+        raise ValueError(
+            "needs a record of coatlib.studies.layouts.layout_study with finished runs "
+            "(coatlib.studies.layouts.study_results() reads the committed one)"
+        )
+    return record
+
+
+def _bars(intervals) -> list[list[float]]:
+    """Error bars from intervals: distances below and above the mean."""
+    return [[i.mean - i.low for i in intervals], [i.high - i.mean for i in intervals]]

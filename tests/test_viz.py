@@ -7,7 +7,15 @@ from matplotlib.colors import to_hex, to_rgba
 
 import coatlib
 from coatlib.flops import count_params
-from coatlib.viz import COLORS, Segment, draw_stages, plot_layout_sweep, stage_legend, stage_table
+from coatlib.viz import (
+    COLORS,
+    Segment,
+    draw_stages,
+    plot_ideal_world,
+    plot_layout_study,
+    stage_legend,
+    stage_table,
+)
 
 
 def meta_model(name, **kw):
@@ -90,48 +98,64 @@ def test_draw_stages_on_given_axes_without_legend_and_stage_legend():
     assert [t.get_text().split(" ")[0] for t in legend.get_texts()] == ["MBConv", "TFMRel"]
 
 
-def fake_sweep():
-    """Two layouts, two sizes, two seeds; C-C-T-T at 100 images: accuracy 0.6 and loss 0.5, each with SE 0.1."""
+def fake_study():
+    """C-C-C-C and C-C-T-T at two sizes, three seeds: C-C-T-T at 100 images tests 0.6 (seeds 0.5/0.6/0.7)
+    at training loss 0.5; the ideal world's curves are constant per seed."""
     runs = []
+    settings = {"steps": 10, "batch_size": 10, "sizes": [100, 400], "local_size": 100}
     for layout, shift in [("C-C-C-C", 0.0), ("C-C-T-T", 0.1)]:
-        for size, gain in [(100, 0.0), (400, 0.2)]:
-            for seed, noise in [(0, -0.1), (1, 0.1)]:
-                runs.append(
-                    {
-                        "kind": "sweep",
-                        "data": "same_different",
-                        "layout": layout,
-                        "size": size,
-                        "seed": seed,
-                        "test_acc": 0.5 + shift + gain + noise,
-                        "train_loss": 0.6 - shift - gain + noise,
-                    }
-                )
-    runs.append({"kind": "lr", "data": "same_different", "layout": "C-C-C-C", "size": 100, "seed": 0})
-    return {"settings": {"task": {"data": "same_different"}}, "runs": runs}
+        for seed, noise in [(1, -0.1), (2, 0.0), (3, 0.1)]:
+            base = {"kind": "study", "layout": layout, "seed": seed, "test_images": 1_000_000}
+            for size, gain in [(100, 0.0), (400, 0.2)]:
+                acc, loss = 0.5 + shift + gain + noise, 0.6 - shift - gain
+                real = {"task": "task", "world": "real", "size": size, "online_loss": loss, "online_loss_var": 0.0}
+                runs.append({**base, **real, "test_acc": acc, "train_loss": loss})
+            ideal = {"task": "task", "world": "ideal", "size": 100, "steps": 10, "loss_curve": [3.0 + noise] * 5}
+            runs.append(
+                {
+                    **base,
+                    **ideal,
+                    "test_acc": 0.1,
+                    "train_loss": 3.0,
+                    "online_loss": 3.0 + noise,
+                    "online_loss_var": 0.0,
+                }
+            )
+    runs.append({"kind": "lr", "task": "task", "world": "ideal", "layout": "C-C-C-C", "seed": 0})
+    return {"experiment": "layout_study", "settings": settings, "runs": runs}
 
 
-def test_plot_layout_sweep_draws_means_with_standard_errors_in_three_panels():
-    fig = plot_layout_sweep(fake_sweep())
-    acc_ax, loss_ax, equal_ax = fig.axes
-    (cccc, cctt) = acc_ax.containers  # one errorbar per layout, in the paper's order
+def test_plot_layout_study_draws_means_with_95_percent_intervals():
+    fig = plot_layout_study(fake_study())
+    acc_ax, fit_ax = fig.axes
+    assert fig.get_size_inches()[0] == pytest.approx(7.5)  # drawn for the column
+    cccc, cctt = acc_ax.containers  # one errorbar per layout, in the paper's order
     x, y = cctt.lines[0].get_data()
     assert list(x) == [100, 400] and list(y) == pytest.approx([0.6, 0.8])
-    x, y = loss_ax.containers[1].lines[0].get_data()
-    assert list(y) == pytest.approx([0.5, 0.3])
-    x, y = equal_ax.containers[1].lines[0].get_data()  # accuracy against loss
+    x, y = fit_ax.containers[1].lines[0].get_data()  # accuracy against loss
     assert list(x) == pytest.approx([0.5, 0.3]) and list(y) == pytest.approx([0.6, 0.8])
-    # the error bars are standard errors over the two seeds: sd 0.1414 / sqrt(2) = 0.1
+    # 95% t intervals over three seeds (sd 0.1): 4.303 * 0.1 / sqrt(3) each way (the test noise is ~0)
     segments = cctt.lines[2][0].get_segments()
-    assert [seg[1][1] - seg[0][1] for seg in segments] == pytest.approx([0.2, 0.2])
-    assert acc_ax.get_xscale() == "log" and equal_ax.xaxis_inverted()
+    assert [seg[1][1] - seg[0][1] for seg in segments] == pytest.approx([2 * 4.303 * 0.1 / 3**0.5] * 2, rel=1e-3)
+    assert acc_ax.get_xscale() == "log" and fit_ax.xaxis_inverted()
     assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == ["C-C-C-C", "C-C-T-T"]
-    assert acc_ax.get_ylabel() == "test accuracy" and equal_ax.get_xlabel().startswith("final training loss")
+    colours = {to_hex(c.lines[0].get_color()) for c in acc_ax.containers}
+    markers = {c.lines[0].get_marker() for c in acc_ax.containers}
+    assert len(colours) == 2 and len(markers) == 2  # told apart by colour and by marker
 
 
-def test_plot_layout_sweep_rejects_what_is_not_a_sweep():
-    for bad in ({}, {"runs": []}, [1, 2]):
-        with pytest.raises(ValueError, match="coatlib.experiments.layout_sweep"):
-            plot_layout_sweep(bad)
-    with pytest.raises(ValueError, match="no finished runs on 'textures'"):
-        plot_layout_sweep(fake_sweep(), data="textures")
+def test_plot_ideal_world_draws_the_mean_curve_and_chance():
+    fig = plot_ideal_world(fake_study())
+    (ax,) = fig.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"C-C-C-C", "C-C-T-T", "chance (ln 90)"}
+    assert list(lines["C-C-T-T"].get_ydata()) == pytest.approx([3.0] * 5)
+    assert list(lines["chance (ln 90)"].get_ydata()) == pytest.approx([4.4998] * 2, abs=1e-4)
+
+
+def test_study_plots_reject_what_is_not_a_study():
+    for bad in ({}, {"runs": []}, [1, 2], {"experiment": "layout_sweep", "runs": [1]}):
+        with pytest.raises(ValueError, match="coatlib.studies.layouts.layout_study"):
+            plot_layout_study(bad)
+    with pytest.raises(ValueError, match="no finished real-world runs of 'local'"):
+        plot_layout_study(fake_study(), task="local")
