@@ -3,7 +3,7 @@
 The network is a stem S0 (``model.stem``) and four stages S1..S4
 (``model.stages[0..3]``), each halving the resolution (224 -> 112, 56, 28, 14,
 7). A stage is made of MBConv blocks ("C") or relative-attention Transformer
-blocks ("T"); the paper's CoAtNet is "C-C-T-T" and section 3.2 compares it with
+blocks ("T"); the paper's CoAtNet is "C-C-T-T" and section 2.2 compares it with
 C-C-C-C, C-C-C-T, C-T-T-T and ViT-Rel. Configs mirror the paper's Table 3
 (CoAtNet-0..4) and Table 14 (5..7). The blocks themselves are in
 :mod:`coatlib.blocks`.
@@ -72,12 +72,12 @@ def parse_layout(layout: str) -> tuple[str, str, str, str] | None:
     if kinds[0] != "C":
         raise ValueError(
             f"invalid layout {layout!r}: S1 is always MBConv in CoAtNet (attention at 1/4 resolution is too "
-            f"expensive, paper section 3.2); start the layout with 'C'"
+            f"expensive, paper section 2.2); start the layout with 'C'"
         )
     if "T" in kinds and "C" in kinds[kinds.index("T") :]:
         raise ValueError(
             f"invalid layout {layout!r}: attention stage before a convolution stage. Convolution stages must "
-            f"come before Transformer stages (paper section 3.2); valid: {', '.join(LAYOUTS)}"
+            f"come before Transformer stages (paper section 2.2); valid: {', '.join(LAYOUTS)}"
         )
     return kinds  # type: ignore[return-value]
 
@@ -327,7 +327,7 @@ def _builder(name: str, config: str, layout: str = "C-C-T-T"):
 for _name in CONFIGS:
     register_model(_builder(_name, _name))
 
-# Registered small layout variants for experiments (paper section 3.2 on small data),
+# Registered small layout variants for experiments (paper section 2.2 on small data),
 # e.g. coatnet_pico_cttt, coatnet_nano_vitrel.
 for _size in ("coatnet_pico", "coatnet_nano"):
     for _layout in LAYOUTS:
