@@ -38,7 +38,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -140,7 +139,7 @@ def inside(
             "settings": settings,
             "models": inside_models(settings),
             "budget": inside_budget(settings),
-            "hardware": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "workers": workers},
+            "hardware": layouts._hardware("cuda" if torch.cuda.is_available() else None, workers),
             "results": [],
         }
         save(record, path, command)
