@@ -445,7 +445,7 @@ def gate(record: dict) -> dict:
     Each layout has two ideal-world runs at its rate: the rate pilot's, and the study's first
     seed (which no choice has looked at). Two layouts
     are *separated* when the gap between their mean online losses exceeds the larger of their two
-    seed spreads (|seed 0 - seed 1|). The gate passes when at least one convolution-heavy layout
+    seed spreads (the absolute difference of its two runs). The gate passes when at least one convolution-heavy layout
     (C-C-C-C, C-C-C-T) is separated from at least one attention-heavy one (C-T-T-T, ViT-Rel):
     then the study can see a difference where the paper claims one; otherwise it measures noise.
     """
