@@ -138,10 +138,11 @@ def matched_config(base: CoAtNetConfig, layout: str, image_size: int, num_classe
     to the value whose parameter count is closest to ``base`` in C-C-T-T.
     """
 
-    def params(config: CoAtNetConfig) -> int:
-        return count_params(CoAtNet(config, num_classes=num_classes, image_size=image_size, layout=layout))
+    def params(config: CoAtNetConfig, layout: str = layout) -> int:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            return count_params(CoAtNet(config, num_classes=num_classes, image_size=image_size, layout=layout))
 
-    target = count_params(CoAtNet(base, num_classes=num_classes, image_size=image_size, layout="C-C-T-T"))
+    target = params(base, "C-C-T-T")
     last = 2 if layout == "ViT-Rel" else 3
     step = 16 if layout.endswith("C") else base.head_dim
     widths = [
