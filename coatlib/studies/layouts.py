@@ -358,8 +358,8 @@ def layout_study(
     if "baseline" not in record:
         b = settings["baseline"]
         record["baseline"] = bag_of_features(
-            images(settings["task"], "train", b["train"], settings),
-            images(settings["task"], "test", b["test"], settings),
+            images(settings["task"], "train", b["train"], settings, cache),
+            images(settings["task"], "test", b["test"], settings, cache),
         )
         save(record, path, command)
     threads = max(1, torch.get_num_threads() // workers)
