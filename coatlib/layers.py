@@ -22,6 +22,16 @@ def pair(x: int | tuple[int, int]) -> tuple[int, int]:
     return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
 
+def check_drop_path_rate(rate: float) -> float:
+    """``rate`` if it is a probability of dropping a branch that leaves some to train: in [0, 1)."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ValueError(
+            f"drop_path_rate must be in [0, 1) (the probability of dropping a residual branch, e.g. 0.1; "
+            f"1 would drop every one), got {rate!r}"
+        )
+    return rate
+
+
 class DropPath(nn.Module):
     """Stochastic depth (Huang et al. 2016): drop a residual branch per sample.
 
@@ -31,7 +41,7 @@ class DropPath(nn.Module):
 
     def __init__(self, p: float = 0.0):
         super().__init__()
-        self.p = p
+        self.p = check_drop_path_rate(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0 or not self.training:
@@ -243,6 +253,7 @@ def init_weights(model: nn.Module) -> None:
 def drop_path_rates(rate: float, n_blocks: int, endpoint: bool = True) -> list[float]:
     """Stochastic depth growing linearly with depth (Huang et al. 2016): block ``i`` of ``n`` drops
     its branch with ``rate * i / (n - 1)``, reaching ``rate`` at the last block (Swin, ConvNeXt, ViT);
-    ``endpoint=False`` gives ``rate * i / n`` (the EfficientNet reference code)."""
+    ``endpoint=False`` gives ``rate * i / n`` (the EfficientNet reference code). ``rate`` must be in [0, 1)."""
+    check_drop_path_rate(rate)
     steps = max(n_blocks - 1, 1) if endpoint else n_blocks
     return [rate * i / steps for i in range(n_blocks)]

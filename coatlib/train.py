@@ -409,6 +409,8 @@ def train_one_epoch(
             logits = net(x)
         loss = criterion(logits.float(), y)
         if not torch.isfinite(loss):
+            if bar is not None:
+                bar.close()
             raise NonFiniteLoss(loss.item(), first_step + step + 1, scheduler.get_last_lr()[0])
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -438,8 +440,8 @@ class NonFiniteLoss(ValueError):
     def __init__(self, loss: float, step: int, lr: float):
         super().__init__(
             f"the training loss is {loss} at step {step} (learning rate {lr:.3g} there): training diverged and "
-            f"was stopped before that step changed the weights; the checkpoint of the last finished epoch is "
-            f"kept. Train with a lower learning rate (--lr, e.g. 10 times lower), gradient clipping "
+            f"was stopped before that step changed the weights; the checkpoint of the last finished epoch, if "
+            f"any, is kept. Train with a lower learning rate (--lr, e.g. 10 times lower), gradient clipping "
             f"(--clip-grad 1) and without mixed precision (--amp none)"
         )
 

@@ -1,0 +1,364 @@
+"""Fault cases of issue 23: each bad input gives a clear error that names the fix, before anything is written,
+and nothing is lost (checkpoints, histories, results). One test (or one parametrised case) per fault."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import Subset
+
+import coatlib
+import coatlib.train as train
+from coatlib.data import load
+from coatlib.train import NonFiniteLoss, fit, load_checkpoint, main, save_sharded_checkpoint
+
+FAST = dict(progress=False, batch_size=64, lr=3e-3)
+# A run of the command line on 64 generated images: seconds.
+CLI = ["--model", "coatnet_pico", "--data", "same_different", "--data-size", "64", "--test-size", "32"]
+CLI += ["--batch-size", "16", "--epochs", "1", "--quiet"]
+
+
+def tiny_cnn(num_classes=10, width=8, seed=0, in_chans=3):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(in_chans, width, 3, 2, 1),
+        nn.BatchNorm2d(width),
+        nn.GELU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, num_classes),
+    )
+
+
+@pytest.fixture(scope="module")
+def digits16():
+    """512 training and all 360 test digits at 16x16: 8 steps of 64 per epoch."""
+    return Subset(load("digits", "train", image_size=16), range(512)), load("digits", "test", image_size=16)
+
+
+def snapshot(folder):
+    """Every file under ``folder`` with its size, modification time and digest: equal when nothing changed."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+# --- 1. hyperparameters, checked before anything is written ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "option, value, match",
+    [
+        ("clip_grad", -1.0, r"clip_grad \(--clip-grad\) must be None \(no clipping\) or a finite number > 0"),
+        ("clip_grad", 0.0, r"clip_grad .* must be None \(no clipping\)"),
+        ("weight_decay", -0.05, r"weight_decay \(--weight-decay\) must be a finite number >= 0"),
+        ("warmup_epochs", -3, r"warmup_epochs \(--warmup-epochs\) must be a finite number of epochs >= 0"),
+        ("lr", 0.0, r"lr \(--lr\) must be a finite number > 0"),
+        ("lr", float("nan"), r"lr \(--lr\) must be a finite number > 0"),
+        ("label_smoothing", 1.5, r"label_smoothing \(--label-smoothing\) must be a number in \[0, 1\)"),
+        ("label_smoothing", 1.0, r"must be a number in \[0, 1\)"),
+        ("epochs", 0, r"epochs \(--epochs\) must be a positive int"),
+        ("batch_size", 0, r"batch_size \(--batch-size\) must be a positive int"),
+        ("num_workers", -1, r"num_workers \(--num-workers\) must be an int >= 0"),
+        ("seed", 0.5, r"seed \(--seed\) must be an int"),
+    ],
+)
+def test_fit_refuses_a_hyperparameter_out_of_range_before_writing(digits16, tmp_path, option, value, match):
+    """clip_grad=-1 once reversed the gradients (loss 2.59 -> 6.13, no warning), weight_decay < 0 and
+    warmup_epochs=-3 were accepted; label_smoothing=1.5 died at the first step with a raw error."""
+    options = {**FAST, "epochs": 1, option: value}
+    with pytest.raises(ValueError, match=match):
+        fit(tiny_cnn(), *digits16, checkpoint=tmp_path / "run" / "ck.pt", **options)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--clip-grad", "-1"], r"--clip-grad must be a finite number >= 0 \(0: no clipping\), got -1"),
+        (["--weight-decay", "-1"], r"--weight-decay\) must be a finite number >= 0"),
+        (["--warmup-epochs", "-3"], r"--warmup-epochs\) must be"),
+        (["--label-smoothing", "1.5"], r"--label-smoothing\) must be a number in \[0, 1\)"),
+        (["--drop-path", "1.5"], r"--drop-path must be in \[0, 1\)"),
+        (["--lr", "inf"], r"--lr\) must be a finite number > 0"),
+        (["--num-workers", "-2"], r"--num-workers\) must be an int >= 0"),
+        (["--data-size", "0"], r"--data-size must be a positive int"),
+        (["--resume", "--force"], r"pass one of them"),
+    ],
+)
+def test_cli_refuses_bad_arguments_before_building_anything(tmp_path, monkeypatch, flags, match):
+    monkeypatch.setattr(coatlib.data, "load_splits", pytest.fail)  # the check comes before the data
+    with pytest.raises(ValueError, match=match):
+        main([*CLI, "--out", str(tmp_path / "run"), *flags])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_drop_path_rate_out_of_range_is_refused_when_the_model_is_built():
+    with pytest.raises(ValueError, match=r"drop_path_rate must be in \[0, 1\).*got 1.5"):
+        coatlib.create_model("coatnet_pico", num_classes=2, image_size=32, drop_path_rate=1.5)
+
+
+# --- --out: writable, and never an earlier run's (unless --resume or --force) ------------------------------
+
+
+def test_unwritable_out_fails_before_the_first_epoch(tmp_path, monkeypatch):
+    """An --out that cannot be written once failed after a full epoch. (A path under a file: unwritable even
+    for root, which os.access lets write anywhere.)"""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(coatlib.data, "load_splits", pytest.fail)
+    with pytest.raises(ValueError, match=r"--out .*run cannot be written: .*file is a file, not a folder.*another"):
+        main([*CLI, "--out", str(blocker / "run")])
+    with pytest.raises(ValueError, match="the checkpoint's folder .* cannot be written"):
+        fit(tiny_cnn(), Subset(load("digits", "train", image_size=16), range(64)), checkpoint=blocker / "ck.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["file"] and blocker.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_read_only_out_fails_before_the_first_epoch(tmp_path, monkeypatch):
+    tmp_path.chmod(0o500)
+    monkeypatch.setattr(coatlib.data, "load_splits", pytest.fail)
+    try:
+        with pytest.raises(ValueError, match="is not writable"):
+            main([*CLI, "--out", str(tmp_path / "run")])
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_out_with_an_earlier_history_is_refused_then_replaced_with_force(tmp_path):
+    """train --out DIR once overwrote a history.json left without a checkpoint."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "history.json").write_text('{"earlier": true}')
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    with pytest.raises(ValueError, match=r"holds an earlier run \(history.json\): pass --resume .* --force"):
+        main([*CLI, "--out", str(out)])
+    assert snapshot(out) == before
+    main([*CLI, "--out", str(out), "--force"])
+    assert json.loads((out / "history.json").read_text())["args"]["force"] is True
+    assert (out / "notes.txt").read_text() == "mine"  # --force removes only what a run writes
+
+
+# --- test data like the training data -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "test_split, match",
+    [
+        (lambda: load("digits", "test", image_size=32), r"test images are 3x32x32 .* training images 3x16x16"),
+        (lambda: load("digits", "test", image_size=16, channels=1), r"test images are 1x16x16.*same image_size"),
+        (
+            lambda: load("same_different", "test", image_size=16, size=32),
+            r"test data's classes .* are not the training data's .*another task",
+        ),
+    ],
+)
+def test_test_data_of_another_size_channels_or_task_is_refused_before_training(digits16, tmp_path, test_split, match):
+    """A test set of another size once failed after the first epoch; one of another task was evaluated silently
+    (a digits model tested on same_different: 'test acc 0.25')."""
+    with pytest.raises(ValueError, match=match):
+        fit(tiny_cnn(), digits16[0], test_split(), epochs=1, checkpoint=tmp_path / "ck.pt", **FAST)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- a non-finite loss stops training; the last good checkpoint stays ---------------------------------------
+
+
+def test_lr_1e6_stops_at_the_first_nan_loss_and_writes_no_checkpoint(tmp_path):
+    """--lr 1e6 once trained on with NaN losses and wrote NaN checkpoints."""
+    with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 2 .*lower learning rate \(--lr.*--amp none"):
+        main([*CLI, "--epochs", "2", "--lr", "1e6", "--out", str(tmp_path / "run")])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_nan_loss_in_epoch_2_keeps_the_checkpoint_of_epoch_1(digits16, tmp_path):
+    model, path = tiny_cnn(), tmp_path / "ck.pt"
+    steps = []
+
+    def poison_in_epoch_2(loss):  # after step 10 of 16, the weights become NaN: step 11's loss is NaN
+        steps.append(loss)
+        if len(steps) == 10:
+            with torch.no_grad():
+                model[-1].weight.fill_(float("nan"))
+            shutil.copy(path, tmp_path / "epoch1.pt")
+
+    with pytest.raises(NonFiniteLoss, match=r"the training loss is nan at step 11 "):
+        fit(model, *digits16, epochs=2, checkpoint=path, on_step=poison_in_epoch_2, **FAST)
+    assert (tmp_path / "epoch1.pt").read_bytes() == path.read_bytes()
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt", "epoch1.pt"]
+
+
+# --- resume: the whole run configuration ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"seed": 1}, r"seed: 0 in the checkpoint, 1 now"),
+        ({"weight_decay": 0.1}, r"weight_decay: 0.05 in the checkpoint, 0.1 now"),
+        ({"label_smoothing": 0.0}, r"label_smoothing: 0.1 in the checkpoint, 0.0 now"),
+        ({"clip_grad": None}, r"clip_grad: 1.0 in the checkpoint, None now"),
+        ({"amp": "bf16"}, r"amp: None in the checkpoint, 'bf16' now"),
+        (
+            {"warmup_epochs": 0.5},
+            r"warmup_steps: 8 in the checkpoint, 4 now; warmup_epochs: 1.0 in the checkpoint, 0.5 now",
+        ),
+        ({"train": range(512, 1024)}, r"train_data: .*'subset': '\w+'\} in the checkpoint, .*'subset'"),
+        ({"epochs": 4}, r"epochs: 2 in the checkpoint, 4 now"),
+    ],
+)
+def test_resume_with_any_other_setting_is_refused_naming_it(digits16, tmp_path, change, match):
+    """--resume once compared only the schedule: another seed or another subset of the same size ran silently."""
+    path, train_all = tmp_path / "ck.pt", digits16[0].dataset
+    settings = {**FAST, "epochs": 2, "seed": 0, "weight_decay": 0.05, "label_smoothing": 0.1, "clip_grad": 1.0}
+    fit(tiny_cnn(), digits16[0], digits16[1], checkpoint=path, **{**settings, "epochs": 1})  # an interrupted run
+    state = torch.load(path, weights_only=True)
+    state["config"]["epochs"] = 2  # as if it had been started for 2 epochs and stopped after the first
+    state["schedule"]["epochs"] = 2
+    torch.save(state, path)
+    before = snapshot(tmp_path)
+    train = Subset(train_all, change.pop("train")) if "train" in change else digits16[0]
+    with pytest.raises(ValueError, match="written with other settings than this run's .*" + match):
+        fit(tiny_cnn(), train, digits16[1], checkpoint=path, resume=True, **{**settings, **change})
+    assert snapshot(tmp_path) == before
+
+
+def test_cli_resume_refuses_other_data_options(tmp_path):
+    out = tmp_path / "run"
+    main([*CLI, "--out", str(out), "--epochs", "2"])
+    before = snapshot(out)
+    with pytest.raises(ValueError, match=r"data_size: 64 in the checkpoint, 48 now"):
+        main([*CLI, "--out", str(out), "--epochs", "2", "--data-size", "48", "--resume"])
+    with pytest.raises(ValueError, match=r"drop_path: None in the checkpoint, 0.1 now"):
+        main([*CLI, "--out", str(out), "--epochs", "2", "--drop-path", "0.1", "--resume"])
+    assert snapshot(out) == before
+
+
+# --- sharded checkpoints: every crash point of save_sharded_checkpoint -------------------------------------
+
+
+def sharded_run(folder, epochs):
+    """A sharded checkpoint folder per epoch, written in one process, as fit(fsdp=True) writes them."""
+    torch.manual_seed(0)
+    model = coatlib.create_model("coatnet_pico_vitrel", num_classes=2, image_size=32)
+    optimizer = torch.optim.AdamW(model.parameters())
+    for epoch in epochs:
+        save_sharded_checkpoint({"epoch": epoch, "schedule": {}}, folder / f"epoch{epoch}", model, optimizer)
+    return model
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sharded")
+    with warnings.catch_warnings():  # one process writing alone is the intent
+        warnings.filterwarnings("ignore", "torch.distributed is disabled")
+        sharded_run(folder, (1, 2))
+    return folder
+
+
+def crash_state(two_epochs, tmp_path, state):
+    """Lay out on disk what a kill at one point of the save of epoch 2 leaves (epoch 1 saved before)."""
+    path, tmp, old = tmp_path / "checkpoint", tmp_path / "checkpoint.tmp", tmp_path / "checkpoint.old"
+    epoch1, epoch2 = two_epochs / "epoch1", two_epochs / "epoch2"
+    partial = lambda target: shutil.copytree(epoch2, target, ignore=shutil.ignore_patterns(train.SHARDED_STATE))  # noqa: E731
+    if state == "writing .tmp":  # killed while the processes write their shards
+        shutil.copytree(epoch1, path)
+        partial(tmp)
+    elif state == ".tmp complete":  # killed before PATH -> PATH.old
+        shutil.copytree(epoch1, path)
+        shutil.copytree(epoch2, tmp)
+    elif state == "between the renames":  # killed after PATH -> PATH.old, before PATH.tmp -> PATH
+        shutil.copytree(epoch1, old)
+        shutil.copytree(epoch2, tmp)
+    elif state == ".old not yet removed":  # killed after PATH.tmp -> PATH
+        shutil.copytree(epoch1, old)
+        shutil.copytree(epoch2, path)
+    elif state == "only .old":  # the .tmp of 'between the renames' lost (e.g. removed by hand)
+        shutil.copytree(epoch1, old)
+    elif state == "first save, writing .tmp":
+        partial(tmp)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+@pytest.mark.parametrize(
+    "state, epoch",
+    [
+        ("writing .tmp", 1),
+        (".tmp complete", 1),
+        ("between the renames", 2),
+        (".old not yet removed", 2),
+        ("only .old", 1),
+        ("first save, writing .tmp", None),
+    ],
+)
+def test_sharded_checkpoint_survives_every_crash_point(two_epochs, digits16, tmp_path, state, epoch):
+    """Killed between renaming PATH to .old and .tmp to PATH, --resume once said "no checkpoint" and a new
+    run's first save deleted both copies. Now a load finds a complete copy; a fresh run refuses to start; and
+    the next save (of the resumed run) leaves exactly one complete checkpoint."""
+    path = crash_state(two_epochs, tmp_path, state)
+    torch.manual_seed(1)
+    model = coatlib.create_model("coatnet_pico_vitrel", num_classes=2, image_size=32)
+    if epoch is None:
+        with pytest.raises(ValueError, match="no checkpoint file"):
+            load_checkpoint(path, model)
+    else:
+        assert load_checkpoint(path, model)["epoch"] == epoch
+    if path.exists():
+        refusal = r"already exists: pass resume=True \(--resume\)"
+    elif epoch is not None:
+        refusal = r"left by a sharded save that was killed part-way: pass resume=True \(--resume\) .*, or delete"
+    else:
+        refusal = r"left by a sharded save that was killed part-way: delete it to start a new run"
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match=refusal):
+        fit(model, digits16[0], checkpoint=path, **FAST)  # a fresh run
+    assert snapshot(tmp_path) == before
+    save_sharded_checkpoint({"epoch": 3, "schedule": {}}, path, model, torch.optim.AdamW(model.parameters()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    assert load_checkpoint(path, model)["epoch"] == 3
+
+
+# --- the command line's own endings: Ctrl-C, a device this machine lacks ------------------------------------
+
+
+def test_ctrl_c_during_training_says_how_to_resume_without_a_traceback(tmp_path, monkeypatch, capsys):
+    def interrupt(loss):  # Ctrl-C after the first step
+        raise KeyboardInterrupt
+
+    real_fit = train.fit
+    monkeypatch.setattr(train, "fit", lambda *args, **kwargs: real_fit(*args, **{**kwargs, "on_step": interrupt}))
+    with pytest.raises(SystemExit) as stop:
+        train.cli([*CLI, "--out", str(tmp_path / "run")])
+    assert stop.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted; resume with --resume" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing was finished, so nothing was written
+
+
+def test_cli_bad_input_ends_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train.cli([*CLI, "--out", str(tmp_path / "run"), "--clip-grad", "-1"])
+    assert stop.value.code == "error: --clip-grad must be a finite number >= 0 (0: no clipping), got -1.0"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_device_cuda_without_a_gpu_is_one_line(tmp_path, monkeypatch):
+    """--device cuda on a CPU-only torch once ended in a raw assertion from torch.cuda."""
+    monkeypatch.setattr(coatlib.data, "load_splits", pytest.fail)
+    with pytest.raises(ValueError, match=r"device 'cuda' needs a CUDA GPU, and this is .*: use --device cpu"):
+        main([*CLI, "--out", str(tmp_path / "run"), "--device", "cuda"])
+    with pytest.raises(ValueError, match=r"device 'cuda:1' needs a CUDA GPU"):
+        fit(tiny_cnn(), Subset(load("digits", "train", image_size=16), range(64)), device="cuda:1", progress=False)
+    assert list(tmp_path.iterdir()) == []
