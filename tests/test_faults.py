@@ -362,3 +362,65 @@ def test_device_cuda_without_a_gpu_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"device 'cuda:1' needs a CUDA GPU"):
         fit(tiny_cnn(), Subset(load("digits", "train", image_size=16), range(64)), device="cuda:1", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- one checkpoint reader: create_model(name, checkpoint_path=...) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pico_files(tmp_path_factory):
+    """coatnet_pico (10 classes, 32x32) saved as a plain state dict, as fit's checkpoint.pt and in the common
+    wrappers (DDP's module. prefix included)."""
+    folder = tmp_path_factory.mktemp("pico")
+    torch.manual_seed(0)
+    model = coatlib.create_model("coatnet_pico", num_classes=10, image_size=32).eval()
+    state = model.state_dict()
+    torch.save(state, folder / "plain.pt")
+    torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, folder / "model.pt")
+    torch.save({"state_dict": state, "optimizer": {}}, folder / "state_dict.pt")
+    data = Subset(load("digits", "train", image_size=32), range(16))
+    fit(model, data, None, 1, batch_size=16, progress=False, checkpoint=folder / "checkpoint.pt")
+    return folder, model.eval()
+
+
+@pytest.mark.parametrize("name", ["plain.pt", "model.pt", "state_dict.pt", "checkpoint.pt"])
+def test_checkpoint_path_reads_state_dicts_fit_checkpoints_and_wrappers(pico_files, name):
+    """fit's own checkpoint.pt and the wrappers once failed with 'not enough values to unpack' (timm's renamer)."""
+    folder, trained = pico_files
+    model = coatlib.create_model("coatnet_pico", num_classes=10, image_size=32, checkpoint_path=folder / name)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        same = torch.equal(model.eval()(x), trained(x))
+    assert same == (name == "checkpoint.pt")  # the others were saved before fit trained it
+    if name == "checkpoint.pt":
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(num_classes=3, image_size=32), r"head: 2 of another shape .*Hint: build the model with num_classes=10"),
+        ({}, r"num_classes=10 .* and image_size=32"),  # the defaults: 1000 classes, 224 px
+        (dict(num_classes=10, image_size=64), r"S3: 2 of another shape .*S4: 1 .*image_size=32"),
+        (dict(num_classes=10, image_size=32, layout="C-T-T-T"), r"S2: 13 missing .*23 unexpected.*layout='C-C-T-T'"),
+    ],
+)
+def test_checkpoint_path_that_does_not_fit_says_which_option_to_change(pico_files, options, match):
+    """A wrong num_classes once gave torch's raw size mismatch."""
+    folder, _ = pico_files
+    with pytest.raises(ValueError, match=r"(?s)plain.pt does not fit this CoAtNet .*" + match):
+        coatlib.create_model("coatnet_pico", checkpoint_path=folder / "plain.pt", **options)
+
+
+def test_a_resnet_state_dict_is_not_taken_for_a_timm_coatnet(tmp_path):
+    """A ResNet state dict was once 'looks like coatnet_nano_rw' (timm's renamer was the fallback)."""
+    path = tmp_path / "resnet.pt"
+    torch.save(coatlib.create_model("resnet18").state_dict(), path)
+    with pytest.raises(ValueError, match=r"(?s)does not fit this RwCoAtNet .*layer1: .*another architecture") as e:
+        coatlib.create_model("coatnet_nano_rw", checkpoint_path=path)
+    assert "looks like" not in str(e.value)
+
+
+def test_a_sharded_checkpoint_folder_says_how_to_load_it(tmp_path):
+    with pytest.raises(ValueError, match=r"a folder, the checkpoint of a sharded run .*train.load_checkpoint"):
+        coatlib.create_model("coatnet_pico", checkpoint_path=tmp_path)
