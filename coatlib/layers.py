@@ -215,9 +215,14 @@ def check_image_size(image_size: int | tuple[int, int], min_size: int = 32, mult
     return H, W
 
 
-def check_images(x: torch.Tensor, in_chans: int, min_size: int = 32, multiple: int = 1) -> None:
+def check_images(
+    x: torch.Tensor, in_chans: int, min_size: int = 32, multiple: int = 1, dtype: torch.dtype | None = None
+) -> None:
     """The input check of every model: a ``ValueError`` (or ``TypeError``) unless ``x`` is a floating
-    point batch ``(B, in_chans, H, W)`` whose size passes ``check_image_size``."""
+    point batch ``(B, in_chans, H, W)`` whose size passes ``check_image_size`` and, when ``dtype`` (the
+    model's weights' type) is given, of that type. Under ``torch.autocast`` any floating type passes:
+    autocast casts it. The input is never cast silently: a float64 or bfloat16 batch into a float32 model
+    is an error that says how to convert."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor of images (batch, {in_chans}, H, W), got {type(x).__name__}")
     if not x.is_floating_point():
@@ -225,10 +230,20 @@ def check_images(x: torch.Tensor, in_chans: int, min_size: int = 32, multiple: i
             f"got a {x.dtype} tensor: models take normalised floating-point images. Convert and normalise "
             f"first, e.g. x = (x.float() / 255 - mean) / std with the data set's per-channel mean and std"
         )
+    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"got {x.dtype} images but the model's weights are {dtype}: convert the images with x.to({dtype}), "
+            f"or the model with model.to({x.dtype}), or compute in lower precision under torch.autocast"
+        )
     if x.ndim == 3 and x.shape[0] == in_chans:
         raise ValueError(
             f"expected a batch of images (batch, {in_chans}, H, W) but got one image of shape {tuple(x.shape)}: "
             f"add the batch dimension with x.unsqueeze(0)"
+        )
+    if x.ndim == 4 and x.shape[-1] == in_chans and x.shape[1] != in_chans:
+        raise ValueError(
+            f"expected images of shape (batch, {in_chans}, H, W) but got {tuple(x.shape)}, channels last "
+            f"(batch, H, W, {in_chans}): permute them to (B, C, H, W) with x.permute(0, 3, 1, 2)"
         )
     if x.ndim != 4 or x.shape[1] != in_chans:
         raise ValueError(

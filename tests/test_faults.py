@@ -424,3 +424,28 @@ def test_a_resnet_state_dict_is_not_taken_for_a_timm_coatnet(tmp_path):
 def test_a_sharded_checkpoint_folder_says_how_to_load_it(tmp_path):
     with pytest.raises(ValueError, match=r"a folder, the checkpoint of a sharded run .*train.load_checkpoint"):
         coatlib.create_model("coatnet_pico", checkpoint_path=tmp_path)
+
+
+# --- model input: layout and type ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["coatnet_pico", "coatnet_nano_rw", "resnet18", "vit_ti_16"])
+def test_channels_last_input_is_told_to_permute(name):
+    """NHWC input once got the advice 'in_chans=32'."""
+    model = coatlib.create_model(name, num_classes=2, image_size=32).eval()
+    with pytest.raises(ValueError, match=r"channels last \(batch, H, W, 3\): permute them to \(B, C, H, W\)"):
+        model(torch.randn(2, 32, 32, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("name", ["coatnet_pico", "coatnet_nano_rw", "resnet18"])
+def test_images_of_another_float_type_get_a_clear_error_not_a_silent_cast(name, dtype):
+    """float64 or bfloat16 input once met a raw dtype error deep in the model. The choice: no silent cast
+    (it would hide a model left in another type); the error says how to convert, and autocast passes."""
+    model = coatlib.create_model(name, num_classes=2, image_size=32).eval()
+    x = torch.randn(1, 3, 32, 32, dtype=dtype)
+    with pytest.raises(TypeError, match=rf"got {dtype} images but the model's weights are torch.float32: .*x.to\("):
+        model(x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x.to(torch.bfloat16)).shape == (1, 2)  # under autocast the types may differ
+    assert model.to(dtype)(x).dtype == dtype  # a model converted to the images' type takes them
