@@ -449,3 +449,28 @@ def test_images_of_another_float_type_get_a_clear_error_not_a_silent_cast(name, 
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert model(x.to(torch.bfloat16)).shape == (1, 2)  # under autocast the types may differ
     assert model.to(dtype)(x).dtype == dtype  # a model converted to the images' type takes them
+
+
+# --- the memory planner -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
+def test_memory_planner_refuses_a_gpu_memory_that_is_not_a_positive_number(value):
+    """--gpu-memory nan once printed 'nan GiB' plans."""
+    from coatlib import memory
+
+    with pytest.raises(ValueError, match=rf"gpu_memory \(--gpu-memory\) must be a finite number > 0 .*got {value}"):
+        memory.main(["coatnet_pico", "--gpu-memory", value])
+
+
+def test_memory_planner_says_a_model_without_blocks_cannot_be_sharded_or_checkpointed(capsys):
+    """FSDP with activation checkpointing once 'fitted' for ResNet, which fit cannot shard or checkpoint."""
+    from coatlib import memory
+
+    plans = memory.main(["resnet18", "--gpu-memory", "80"])
+    out = capsys.readouterr().out
+    assert [p.fits for p in plans if p.strategy != "DDP"] == [False] * 4
+    assert [p.fits for p in plans if p.strategy == "DDP"] == [True, True]
+    assert out.count("  cannot") == 4 and "resnet18 has no blocks" in out and "cannot shard it (FSDP)" in out
+    memory.main(["resnet50", "--image-size", "512", "--batch", "256", "--gpu-memory", "8"])
+    assert "coatlib.train can train it with DDP only" in capsys.readouterr().out
