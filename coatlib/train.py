@@ -39,6 +39,11 @@ Command line (``python -m coatlib.train --help``)::
     python -m coatlib.train --model coatnet_pico --data textures --epochs 5 --out runs/textures
     torchrun --nproc_per_node=2 -m coatlib.train --model coatnet_pico --data digits --out runs/ddp
     torchrun --standalone --nproc_per_node=2 -m coatlib.train --model coatnet_pico --fsdp --out runs/fsdp
+
+It checks every argument and that ``--out`` is writable before building anything. An ``--out`` that holds
+an earlier run (``history.json``, a checkpoint) is refused unless ``--resume`` continues that run (same
+settings, checked against those the checkpoint records) or ``--force`` deletes its files and starts again.
+Ctrl-C ends with "interrupted; resume with --resume", bad input with one line ``error: ...``.
 """
 
 from __future__ import annotations
