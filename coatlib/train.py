@@ -217,17 +217,14 @@ def fit(
     warmup_steps, total_steps = round(warmup_epochs * steps_per_epoch), epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup_steps, total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    # The run's whole configuration: every checkpoint keeps it (as "schedule"), a resume must repeat it.
     schedule = {
         "epochs": epochs,
         "steps_per_epoch": steps_per_epoch,
         "world_size": world,
         "lr": lr,
         "warmup_steps": warmup_steps,
-    }
-    if table_lr_scale != 1:  # only then: checkpoints of runs without it keep resuming
-        schedule["table_lr_scale"] = float(table_lr_scale)
-    config = {
-        **schedule,
+        "table_lr_scale": float(table_lr_scale),
         "batch_size": batch_size,
         "weight_decay": weight_decay,
         "warmup_epochs": warmup_epochs,
@@ -244,7 +241,7 @@ def fit(
     history, start = {k: [] for k in HISTORY_KEYS}, 0
     torch.manual_seed(seed + rank)
     if resume:
-        state = load_checkpoint(checkpoint, model, config, optimizer)
+        state = load_checkpoint(checkpoint, model, schedule, optimizer)
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         history, start = state["history"], state["epoch"]
@@ -310,7 +307,6 @@ def fit(
                 "epoch": epoch + 1,
                 "history": history,
                 "schedule": schedule,
-                "config": config,
                 "rng": _gather_rng_state(device, world),
             }
             if fsdp:
@@ -607,10 +603,11 @@ def _complete_checkpoint(path: Path) -> Path | None:
 def load_checkpoint(
     path: str | Path | None,
     model: nn.Module,
-    config: dict | None = None,
+    schedule: dict | None = None,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> dict:
-    """Read a checkpoint, check it fits ``model`` (and the ``config`` of this run, if given), load its
+    """Read a checkpoint, check it fits ``model`` (and the ``schedule`` of this run, if given: its whole
+    configuration, as ``fit`` records it), load its
     weights into ``model`` (and its state into ``optimizer``, if given); return the rest of the state.
 
     ``path`` is a file written by ``fit`` (read with ``weights_only=True``) or the folder of a sharded
@@ -635,8 +632,8 @@ def load_checkpoint(
         saved = {k: v.shape for k, v in state["model"].items()}
     current = {k: v.shape for k, v in model.state_dict().items()}
     _check_same_model(saved, current, path, state.get("model_description"), _describe(model))
-    if config is not None:
-        _check_same_config(state.get("config"), config, path)
+    if schedule is not None:
+        _check_same_schedule(state["schedule"], schedule, path)
     if sharded:
         # get_state_dict gives tensors shaped like this model's (shards under FSDP, whole tensors
         # otherwise); dcp.load fills them from whichever shards hold their parts.
@@ -658,13 +655,9 @@ def load_checkpoint(
     return state
 
 
-def _check_same_config(saved: dict | None, current: dict, path: Path) -> None:
-    """Raise unless the run configuration a checkpoint recorded is this run's, naming every difference."""
-    if saved is None:
-        raise ValueError(
-            f"checkpoint {path} was written by an older coatlib, which did not record the run's settings, so "
-            f"a resume cannot be checked: start a new run in another place"
-        )
+def _check_same_schedule(saved: dict, current: dict, path: Path) -> None:
+    """Raise unless the run configuration a checkpoint recorded is this run's, naming every difference (a
+    setting an older checkpoint did not record shows as None there)."""
     differ = [
         f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now"
         for k in dict.fromkeys([*saved, *current])
