@@ -1071,6 +1071,8 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
         _delete_earlier_run(args.out)
     if world > 1:
         dist.barrier()
+    checkpoint = args.out / ("checkpoint" if args.fsdp else "checkpoint.pt")
+    resumed_from = _saved_epoch(checkpoint) if args.resume else None
     history = fit(
         model,
         train_data,
@@ -1090,7 +1092,7 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
         activation_checkpointing=args.activation_checkpointing,
         compile=args.compile,
         seed=args.seed,
-        checkpoint=args.out / ("checkpoint" if args.fsdp else "checkpoint.pt"),
+        checkpoint=checkpoint,
         resume=args.resume,
         progress=not args.quiet,
         num_workers=args.num_workers,
@@ -1106,6 +1108,8 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
             "versions": versions(),
             "history": history,
         }
+        if resumed_from is not None:  # the epochs before it ran under an earlier command, with the same settings
+            record["resumed_from_epoch"] = resumed_from
         (args.out / "history.json").write_text(json.dumps(record, indent=1))
         print(f"final test accuracy: {history['test_acc'][-1]:.4f}", flush=True)
     if world > 1:
@@ -1159,6 +1163,16 @@ def _delete_earlier_run(out: Path) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+
+def _saved_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint was written after (None without one; ``fit`` then says so). Memory-mapped:
+    the weights are not read."""
+    found = _complete_checkpoint(path)
+    if found is None:
+        return None
+    file = found / SHARDED_STATE if found.is_dir() else found
+    return torch.load(file, map_location="cpu", weights_only=True, mmap=True)["epoch"]
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -233,9 +233,23 @@ def test_resume_with_any_other_setting_is_refused_naming_it(digits16, tmp_path, 
     assert snapshot(tmp_path) == before
 
 
-def test_cli_resume_refuses_other_data_options(tmp_path):
-    out = tmp_path / "run"
-    main([*CLI, "--out", str(out), "--epochs", "2"])
+def test_cli_resume_refuses_other_data_options_and_history_says_where_it_resumed(tmp_path, monkeypatch):
+    out, steps = tmp_path / "run", []
+
+    def interrupt_in_epoch_2(loss):  # 4 steps per epoch
+        steps.append(loss)
+        if len(steps) == 5:
+            raise KeyboardInterrupt
+
+    real_fit = train.fit
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "fit", lambda *args, **kwargs: real_fit(*args, **kwargs, on_step=interrupt_in_epoch_2))
+        with pytest.raises(KeyboardInterrupt):
+            main([*CLI, "--out", str(out), "--epochs", "2"])
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]
+    main([*CLI, "--out", str(out), "--epochs", "2", "--resume"])
+    record = json.loads((out / "history.json").read_text())
+    assert record["resumed_from_epoch"] == 1 and record["history"]["epoch"] == [1, 2]
     before = snapshot(out)
     with pytest.raises(ValueError, match=r"data_size: 64 in the checkpoint, 48 now"):
         main([*CLI, "--out", str(out), "--epochs", "2", "--data-size", "48", "--resume"])
