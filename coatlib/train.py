@@ -409,7 +409,7 @@ def train_one_epoch(
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = net(x)
         loss = criterion(logits.float(), y)
-        if not torch.isfinite(loss):
+        if not _finite_everywhere(loss):
             if bar is not None:
                 bar.close()
             raise NonFiniteLoss(loss.item(), first_step + step + 1, scheduler.get_last_lr()[0])
@@ -435,12 +435,22 @@ def train_one_epoch(
     return sums
 
 
+def _finite_everywhere(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite in every process (all stop together: one stopping alone would leave
+    the others waiting for it in the next all-reduce)."""
+    finite = torch.isfinite(loss.detach()).float()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite)
+
+
 class NonFiniteLoss(ValueError):
     """The training loss became NaN or infinite: the run diverged (or overflowed in low precision)."""
 
     def __init__(self, loss: float, step: int, lr: float):
+        value = "not finite in another process" if math.isfinite(loss) else loss
         super().__init__(
-            f"the training loss is {loss} at step {step} (learning rate {lr:.3g} there): training diverged and "
+            f"the training loss is {value} at step {step} (learning rate {lr:.3g} there): training diverged and "
             f"was stopped before that step changed the weights; the checkpoint of the last finished epoch, if "
             f"any, is kept. Train with a lower learning rate (--lr, e.g. 10 times lower), gradient clipping "
             f"(--clip-grad 1) and without mixed precision (--amp none)"
