@@ -53,7 +53,7 @@ from coatlib.flops import count_params
 from coatlib.models.coatnet import CONFIGS, CoAtNet, parse_layout
 from coatlib.studies import layouts, stats
 from coatlib.studies.layouts import stored_config
-from coatlib.studies.records import pool, save
+from coatlib.studies.records import check_workers, pool, read_record, save
 from coatlib.train import evaluate, fit, warmup_cosine
 
 INSIDE = {
@@ -126,10 +126,11 @@ def inside(
     again skips what it holds. ``out`` may not lie inside the installed package;
     ``update_inside_artefact`` copies a finished record there.
     """
+    check_workers(workers)
     out = _results_folder(out)
     settings = json.loads(json.dumps(INSIDE_QUICK if quick else INSIDE))  # tuples -> lists, as the JSON holds them
     path = out / "inside.json"
-    record = json.loads(path.read_text()) if path.is_file() else None
+    record = read_record(path) if path.is_file() else None
     if record is not None and record["settings"] != settings:
         raise ValueError(f"{path} holds a run with other settings: delete it, or pass another --out, to start this one")
     if record is None:
@@ -172,7 +173,8 @@ def _results_folder(out: str | Path) -> Path:
     if out.resolve() == PACKAGE or PACKAGE in out.resolve().parents:
         raise ValueError(
             f"{out} is inside the coatlib package ({PACKAGE}): results go to a folder of your own "
-            f"(--out, default {INSIDE_OUT}); --update-artefact then copies a finished record into the package"
+            f"(--out; the default lies in the current folder); --update-artefact then copies a finished record into "
+            f"the package"
         )
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -372,7 +374,7 @@ def inside_results(folder: str | Path | None = None) -> dict:
             "'coatlib @ git+https://github.com/coatnet-from-scratch/coatnet-book@main'), which ships it, "
             "or make it with `python -m coatlib.experiments inside --workers 2` (about 40 minutes on 2 CPU cores)"
         )
-    record = json.loads(path.read_text())
+    record = read_record(path)
     if "variants" not in record.get("settings", {}):
         raise ValueError(f"{path} is a record of an older version of the experiment: run it again")
     return record
@@ -468,6 +470,14 @@ def inside_summary(record: dict) -> dict:
     return {"variants": variants, "comparisons": comparisons}
 
 
+def _workers(text: str) -> int:
+    """``--workers``: an int >= 1 (argparse reports the error with the option's name)."""
+    try:
+        return check_workers(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1 (processes training at once), got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="python -m coatlib.experiments", description=__doc__.split("\n\n")[0])
@@ -476,7 +486,7 @@ def main(argv: list[str] | None = None) -> dict:
     size = q.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="the whole path at toy size, seconds")
     size.add_argument("--full", action="store_true", help="the GPU preset: wider models, longer runs")
-    q.add_argument("--workers", type=int, default=1, help="processes training at once (2 on a 2-core CPU)")
+    q.add_argument("--workers", type=_workers, default=1, help="processes training at once, >= 1 (2 on a 2-core CPU)")
     q.add_argument("--device", default=None, help="cpu or cuda (default: the GPU when there is one)")
     q.add_argument("--out", type=Path, default=Path("coatlib-results"), help="folder for the record and images")
     q.add_argument(
@@ -494,7 +504,7 @@ def main(argv: list[str] | None = None) -> dict:
     q.add_argument("--quiet", action="store_true")
     q = sub.add_parser("inside", help="the models of the chapter 'Inside a trained CoAtNet'")
     q.add_argument("--quick", action="store_true", help="the whole path at toy size, seconds a run")
-    q.add_argument("--workers", type=int, default=1, help="processes training at once (2 on a 2-core CPU)")
+    q.add_argument("--workers", type=_workers, default=1, help="processes training at once, >= 1 (2 on a 2-core CPU)")
     q.add_argument("--out", type=Path, default=INSIDE_OUT, help="folder for inside.json and the weights")
     q.add_argument(
         "--update-artefact",
@@ -516,6 +526,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     preset = "quick" if args.quick else "full" if args.full else "cpu"
     try:
+        _results_folder(args.out)
         record = layouts.layout_study(
             preset,
             args.out,
@@ -527,6 +538,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
     except layouts.GateFailed as e:
         raise SystemExit(f"the pilot gate did not pass ({e}); the pilots are in {args.out}") from None
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     path = args.out / f"layout_study_{preset}.json"
     print(f"wrote {path}")
     if args.update_artefact:

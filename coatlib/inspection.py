@@ -28,6 +28,7 @@ Cell ``[dy + H - 1, dx + W - 1]`` of a table is the bias from a query to the key
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Callable
 
 import matplotlib.pyplot as plt
@@ -37,9 +38,34 @@ import torch.nn as nn
 from coatlib.attention import RelativeAttention, relative_position_index
 
 
+def check_stage(model: nn.Module, stage: int, first: int = 1) -> int:
+    """``stage`` if it numbers a stage of ``model`` (``first`` to the last, ``S1`` = 1; ``first=0`` admits
+    the stem); a ``ValueError`` with the valid range otherwise: a negative number never counts from the end."""
+    last = len(model.stages)
+    if isinstance(stage, bool) or not isinstance(stage, Integral) or not first <= stage <= last:
+        names = "0 (the stem) to " if first == 0 else ""
+        raise ValueError(
+            f"stage must be an int from {first} to {last} ({names}S1 to S{last}, numbered as in the paper), "
+            f"got {stage!r}"
+        )
+    return stage
+
+
+def check_block(block: int, count: int, stage: int) -> int:
+    """``block`` if it numbers one of a stage's ``count`` blocks: 0 to ``count - 1``, or as a Python index
+    from the end, -1 (the last) to ``-count`` (blocks count from 0, so -1 cannot be mistaken for a first
+    block the way stage 0 once was for S4); a ``ValueError`` with that range otherwise."""
+    if isinstance(block, bool) or not isinstance(block, Integral) or not -count <= block < count:
+        raise ValueError(
+            f"block must be an int from 0 to {count - 1} (S{stage} has {count} blocks; -1 is the last, "
+            f"-{count} the first), got {block!r}"
+        )
+    return block
+
+
 def attention_layers(model: nn.Module, stage: int) -> list[RelativeAttention]:
     """The relative-attention module of every block of stage ``S{stage}``, in order."""
-    blocks = model.stages[stage - 1].blocks
+    blocks = model.stages[check_stage(model, stage) - 1].blocks
     layers = [b.attn for b in blocks if isinstance(getattr(b, "attn", None), RelativeAttention)]
     if not layers:
         raise ValueError(f"stage S{stage} has no relative-attention blocks: CoAtNet's are S3 and S4 (stage=3, 4)")
@@ -77,7 +103,8 @@ def attention_maps(
     """Where each head of block ``block`` of stage ``S{stage}`` looks from the map position
     ``query = (row, col)``: its attention weights over the ``H x W`` map, ``(heads, H, W)``
     (each map sums to 1). ``image`` is one normalised image ``(3, H_img, W_img)`` or a batch of one."""
-    layer = attention_layers(model, stage)[block]
+    layers = attention_layers(model, stage)
+    layer = layers[check_block(block, len(layers), stage)]
     H, W = layer.map_size
     row, col = query
     if not (0 <= row < H and 0 <= col < W):
@@ -256,9 +283,9 @@ def plot_attention(
 
 
 def stage_output(model: nn.Module, images: torch.Tensor, stage: int) -> torch.Tensor:
-    """The feature map after stage ``S{stage}`` (0 is the stem): ``(B, D, H, W)``."""
+    """The feature map after stage ``S{stage}`` (0 is the stem, up to the last stage): ``(B, D, H, W)``."""
     x = model.stem(images)
-    for block in model.stages[:stage]:
+    for block in model.stages[: check_stage(model, stage, first=0)]:
         x = block(x)
     return x
 
@@ -308,7 +335,7 @@ def depthwise_kernels(model: nn.Module, stage: int) -> list[torch.Tensor]:
     """The depthwise filters of every MBConv block of stage ``S{stage}``: ``(channels, k, k)`` each, a copy."""
     convs = [  # the paper's block: .dw = ConvNormAct, [0] the conv; timm's rw block: .dw holds it
         next(m for m in b.dw.modules() if isinstance(m, nn.Conv2d))
-        for b in model.stages[stage - 1].blocks
+        for b in model.stages[check_stage(model, stage) - 1].blocks
         if hasattr(b, "dw")
     ]
     if not convs:

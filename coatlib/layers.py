@@ -22,6 +22,16 @@ def pair(x: int | tuple[int, int]) -> tuple[int, int]:
     return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
 
+def check_drop_path_rate(rate: float) -> float:
+    """``rate`` if it is a probability of dropping a branch that leaves some to train: in [0, 1)."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ValueError(
+            f"drop_path_rate must be in [0, 1) (the probability of dropping a residual branch, e.g. 0.1; "
+            f"1 would drop every one), got {rate!r}"
+        )
+    return rate
+
+
 class DropPath(nn.Module):
     """Stochastic depth (Huang et al. 2016): drop a residual branch per sample.
 
@@ -31,7 +41,7 @@ class DropPath(nn.Module):
 
     def __init__(self, p: float = 0.0):
         super().__init__()
-        self.p = p
+        self.p = check_drop_path_rate(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0 or not self.training:
@@ -205,9 +215,14 @@ def check_image_size(image_size: int | tuple[int, int], min_size: int = 32, mult
     return H, W
 
 
-def check_images(x: torch.Tensor, in_chans: int, min_size: int = 32, multiple: int = 1) -> None:
+def check_images(
+    x: torch.Tensor, in_chans: int, min_size: int = 32, multiple: int = 1, dtype: torch.dtype | None = None
+) -> None:
     """The input check of every model: a ``ValueError`` (or ``TypeError``) unless ``x`` is a floating
-    point batch ``(B, in_chans, H, W)`` whose size passes ``check_image_size``."""
+    point batch ``(B, in_chans, H, W)`` whose size passes ``check_image_size`` and, when ``dtype`` (the
+    model's weights' type) is given, of that type. Under ``torch.autocast`` any floating type passes:
+    autocast casts it. The input is never cast silently: a float64 or bfloat16 batch into a float32 model
+    is an error that says how to convert."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor of images (batch, {in_chans}, H, W), got {type(x).__name__}")
     if not x.is_floating_point():
@@ -215,10 +230,20 @@ def check_images(x: torch.Tensor, in_chans: int, min_size: int = 32, multiple: i
             f"got a {x.dtype} tensor: models take normalised floating-point images. Convert and normalise "
             f"first, e.g. x = (x.float() / 255 - mean) / std with the data set's per-channel mean and std"
         )
+    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"got {x.dtype} images but the model's weights are {dtype}: convert the images with x.to({dtype}), "
+            f"or the model with model.to({x.dtype}), or compute in lower precision under torch.autocast"
+        )
     if x.ndim == 3 and x.shape[0] == in_chans:
         raise ValueError(
             f"expected a batch of images (batch, {in_chans}, H, W) but got one image of shape {tuple(x.shape)}: "
             f"add the batch dimension with x.unsqueeze(0)"
+        )
+    if x.ndim == 4 and x.shape[-1] == in_chans and x.shape[1] != in_chans:
+        raise ValueError(
+            f"expected images of shape (batch, {in_chans}, H, W) but got {tuple(x.shape)}, channels last "
+            f"(batch, H, W, {in_chans}): permute them to (B, C, H, W) with x.permute(0, 3, 1, 2)"
         )
     if x.ndim != 4 or x.shape[1] != in_chans:
         raise ValueError(
@@ -243,6 +268,7 @@ def init_weights(model: nn.Module) -> None:
 def drop_path_rates(rate: float, n_blocks: int, endpoint: bool = True) -> list[float]:
     """Stochastic depth growing linearly with depth (Huang et al. 2016): block ``i`` of ``n`` drops
     its branch with ``rate * i / (n - 1)``, reaching ``rate`` at the last block (Swin, ConvNeXt, ViT);
-    ``endpoint=False`` gives ``rate * i / n`` (the EfficientNet reference code)."""
+    ``endpoint=False`` gives ``rate * i / n`` (the EfficientNet reference code). ``rate`` must be in [0, 1)."""
+    check_drop_path_rate(rate)
     steps = max(n_blocks - 1, 1) if endpoint else n_blocks
     return [rate * i / steps for i in range(n_blocks)]

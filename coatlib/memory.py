@@ -122,6 +122,7 @@ class Plan:
     optimizer: int
     activations: int
     gpu_memory: float  # GiB
+    possible: bool = True  # False: coatlib.train cannot train this way (FSDP and AC need the model's blocks)
 
     @property
     def total(self) -> int:
@@ -129,7 +130,7 @@ class Plan:
 
     @property
     def fits(self) -> bool:
-        return self.total <= USABLE * self.gpu_memory * GiB
+        return self.possible and self.total <= USABLE * self.gpu_memory * GiB
 
 
 def plan(
@@ -142,12 +143,14 @@ def plan(
     **overrides,
 ) -> list[Plan]:
     """The six plans (DDP, FSDP, FSDP+AC, each at fp32 and bf16) for training the registered model
-    ``name`` on ``image_size`` images, ``batch`` images per GPU, ``gpus`` GPUs of ``gpu_memory`` GiB."""
+    ``name`` on ``image_size`` images, ``batch`` images per GPU, ``gpus`` GPUs of ``gpu_memory`` GiB
+    (finite, > 0). A model without blocks (``coatlib.train.blocks_of``: ResNet, MobileNet, EfficientNet)
+    cannot be sharded or checkpointed by ``coatlib.train``: its FSDP plans are counted but marked impossible."""
     for label, value in (("batch", batch), ("gpus", gpus), ("image_size", image_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a positive int, got {value!r}")
-    if gpu_memory <= 0:
-        raise ValueError(f"gpu_memory must be positive (GiB), got {gpu_memory!r}")
+    if isinstance(gpu_memory, bool) or not isinstance(gpu_memory, (int, float)) or not 0 < gpu_memory < math.inf:
+        raise ValueError(f"gpu_memory (--gpu-memory) must be a finite number > 0 (GiB per GPU), got {gpu_memory!r}")
     with torch.device("meta"):
         model = create_model(name, num_classes=num_classes, image_size=image_size, **overrides)
     blocks = blocks_of(model)
@@ -173,6 +176,7 @@ def plan(
                 4 * ADAMW_STATES * sharded,
                 acts.total,
                 gpu_memory,
+                possible=bool(blocks),
             ),
             Plan(
                 "FSDP+AC",
@@ -182,6 +186,7 @@ def plan(
                 4 * ADAMW_STATES * sharded,
                 acts.checkpointed,
                 gpu_memory,
+                possible=bool(blocks),
             ),
         ]
     return plans
@@ -192,6 +197,8 @@ def advice(name: str, plans: list[Plan], batch: int, gpus: int) -> str:
     how small a batch per GPU would make it fit. Empty when some plan fits."""
     if any(p.fits for p in plans):
         return ""
+    if not any(p.possible for p in plans if p.strategy != "DDP"):
+        return _ddp_advice(name, plans)
     best = min((p for p in plans if p.strategy != "DDP"), key=lambda p: p.total)
     usable = USABLE * best.gpu_memory * GiB
     n = next(p.params for p in plans if p.strategy == "DDP") // 4  # DDP holds every float32 weight
@@ -222,6 +229,24 @@ def advice(name: str, plans: list[Plan], batch: int, gpus: int) -> str:
             f"a smaller image size."
         )
     return " ".join(lines)
+
+
+def _ddp_advice(name: str, plans: list[Plan]) -> str:
+    """``advice`` for a model only DDP can train: more GPUs do not help, a smaller batch or image does."""
+    best = min(plans, key=lambda p: p.total)
+    usable = USABLE * best.gpu_memory * GiB
+    return (
+        f"{name} does not fit: it has no blocks, so coatlib.train can train it with DDP only (a whole copy "
+        f"per GPU, which more GPUs do not shrink); in {best.precision} it needs {best.total / GiB:.1f} GiB per "
+        f"GPU, {(best.total - usable) / GiB:.1f} GiB more than the {usable / GiB:.1f} GiB usable. Use a smaller "
+        f"--batch or --image-size, or GPUs with more memory."
+    )
+
+
+NO_BLOCKS_NOTE = (
+    "{} has no blocks (coatlib.train.blocks_of finds none): coatlib.train cannot shard it (FSDP) or "
+    "checkpoint its activations, so those plans are counted but cannot run ('cannot')."
+)
 
 
 def measure(model: nn.Module, images: torch.Tensor) -> tuple[int, int]:
@@ -260,7 +285,9 @@ def table(plans: list[Plan]) -> str:
     for p in plans:
         gib = [v / GiB for v in (p.params, p.grads, p.optimizer, p.activations, p.total)]
         rows.append(
-            f"{p.strategy:8s} {p.precision:9s} " + " ".join(f"{v:8.2f}" for v in gib) + f"  {'yes' if p.fits else 'no'}"
+            f"{p.strategy:8s} {p.precision:9s} "
+            + " ".join(f"{v:8.2f}" for v in gib)
+            + f"  {'yes' if p.fits else 'no' if p.possible else 'cannot'}"
         )
     return "\n".join(rows)
 
@@ -285,6 +312,8 @@ def main(argv: list[str] | None = None) -> list[Plan]:
         f"{args.gpu_memory:g} GiB (usable {USABLE:.0%}); GiB per GPU:"
     )
     print(table(plans))
+    if not all(p.possible for p in plans):
+        print(NO_BLOCKS_NOTE.format(args.model))
     message = advice(args.model, plans, args.batch, args.gpus)
     if message:
         print(message)

@@ -62,8 +62,11 @@ def create_model(
     ``pretrained=True`` loads timm's ImageNet weights (the rw CoAtNets, e.g.
     ``coatnet_0_rw``), downloaded with the optional extra ``pip install
     'coatlib[pretrained]'``; offline it fails at once. ``checkpoint_path`` loads a
-    local file instead: a coatlib state dict, or timm's ``model.safetensors``.
-    Both go through :mod:`coatlib.weights`; tables made for another image size are resized.
+    local file instead: a coatlib state dict, ``fit``'s ``checkpoint.pt``, a ``{'model': ...}`` or
+    ``{'state_dict': ...}`` wrapper, or timm's ``model.safetensors`` (``weights.load_checkpoint``).
+    Both go through :mod:`coatlib.weights`; timm's tables made for another image size are resized. A file
+    that does not fit the model built here raises a ``ValueError`` listing the differences by stage, with
+    the likely fix (``num_classes=``, ``layout=``, ``image_size=``).
     """
     _load_families()
     if name not in _REGISTRY:

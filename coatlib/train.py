@@ -39,11 +39,17 @@ Command line (``python -m coatlib.train --help``)::
     python -m coatlib.train --model coatnet_pico --data textures --epochs 5 --out runs/textures
     torchrun --nproc_per_node=2 -m coatlib.train --model coatnet_pico --data digits --out runs/ddp
     torchrun --standalone --nproc_per_node=2 -m coatlib.train --model coatnet_pico --fsdp --out runs/fsdp
+
+It checks every argument and that ``--out`` is writable before building anything. An ``--out`` that holds
+an earlier run (``history.json``, a checkpoint) is refused unless ``--resume`` continues that run (same
+settings, checked against those the checkpoint records) or ``--force`` deletes its files and starts again.
+Ctrl-C ends with "interrupted; resume with --resume", bad input with one line ``error: ...``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import math
@@ -66,7 +72,7 @@ from torch.distributed._composable import checkpoint as checkpoint_activations
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "time", "images_per_s")
@@ -98,6 +104,7 @@ def fit(
     num_workers: int = 0,
     on_step: Callable[[float], None] | None = None,
     table_lr_scale: float = 1.0,
+    run_info: dict | None = None,
 ) -> dict[str, list]:
     """Train ``model`` on ``train_data`` for ``epochs`` epochs; return the history.
 
@@ -119,13 +126,24 @@ def fit(
     pass instead of storing its activations; ``compile=True`` trains through
     ``torch.compile``. The model keeps its parameter names under all three.
 
+    Allowed values (``check_hyperparameters``): ``epochs`` and ``batch_size`` positive ints,
+    ``lr`` finite and > 0, ``weight_decay`` and ``warmup_epochs`` finite and >= 0,
+    ``label_smoothing`` in [0, 1), ``clip_grad`` None (no clipping) or finite and > 0,
+    ``num_workers`` an int >= 0, ``seed`` an int.
+
     ``checkpoint``: written at the end of every epoch, a file (or, with
     ``fsdp=True``, a folder of ``torch.distributed.checkpoint`` shards); with
     ``resume=True`` training continues from it (the model's weights are
-    replaced by the checkpoint's). An existing checkpoint is never
+    replaced by the checkpoint's). The checkpoint records the run's whole configuration
+    (schedule, every optimisation setting, seed, amp, the data, and ``run_info``: what the caller
+    knows and ``fit`` cannot see, such as the model's name and options); a resume with any of it
+    different is refused, naming each difference. An existing checkpoint is never
     overwritten by a new run (only continued with ``resume=True``). All inputs are checked before anything is
-    written: a data set smaller than one batch, images the model cannot take,
-    a checkpoint of another model or another schedule raise ``ValueError``.
+    written: bad hyperparameters, an unwritable checkpoint folder, a data set smaller than one batch,
+    images the model cannot take, test data of another size, channel count or classes,
+    a checkpoint of another model or other settings raise ``ValueError``. A loss that becomes NaN or
+    infinite stops training at once (``NonFiniteLoss``, a ``ValueError``); the last checkpoint,
+    written after the last good epoch, is kept.
 
     The history maps each of ``HISTORY_KEYS`` to a list with one entry per
     epoch; ``plot_history`` draws it. ``on_step(loss)``, if given, is called after every
@@ -142,6 +160,20 @@ def fit(
     pre-softmax table needs entries several units apart to make attention local (the book's
     chapter 3). A scale other than 1 on a model without trainable tables is an error.
     """
+    check_hyperparameters(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        label_smoothing=label_smoothing,
+        clip_grad=clip_grad,
+        num_workers=num_workers,
+        seed=seed,
+    )
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None:
+        check_writable(checkpoint.parent, "the checkpoint's folder")
     rank, world, local_rank = init_distributed()
     if fsdp and world == 1:
         raise ValueError(
@@ -161,21 +193,17 @@ def fit(
             "sync_bn=True needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); on the CPU each "
             "process normalises its own share of the batch"
         )
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
     _check_table_lr_scale(table_lr_scale, model)
     steps_per_epoch = _steps_per_epoch(train_data, batch_size, world)
-    checkpoint = Path(checkpoint) if checkpoint is not None else None
-    if checkpoint is not None and checkpoint.exists() and not resume:
-        raise ValueError(
-            f"{checkpoint} already exists: pass resume=True (--resume) to continue that run, "
-            f"or delete it or choose another path; it is not overwritten"
-        )
+    if checkpoint is not None and not resume:
+        check_fresh_checkpoint(checkpoint)
     if (fsdp or activation_checkpointing) and not blocks_of(model):
         raise ValueError(_NO_BLOCKS.format(type(model).__name__))
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     model.to(device, memory_format=memory_format)
     _check_model_takes(model, train_data, device)
+    if test_data is not None:
+        _check_test_data(test_data, train_data)
     if sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # FSDP gathers the weights in bfloat16 (less memory and traffic), unless the model has BatchNorm,
@@ -189,15 +217,27 @@ def fit(
     warmup_steps, total_steps = round(warmup_epochs * steps_per_epoch), epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup_steps, total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    # The run's whole configuration: every checkpoint keeps it (as "schedule"), a resume must repeat it.
     schedule = {
         "epochs": epochs,
         "steps_per_epoch": steps_per_epoch,
         "world_size": world,
         "lr": lr,
         "warmup_steps": warmup_steps,
+        "table_lr_scale": float(table_lr_scale),
+        "batch_size": batch_size,
+        "weight_decay": weight_decay,
+        "warmup_epochs": warmup_epochs,
+        "label_smoothing": label_smoothing,
+        "clip_grad": clip_grad,
+        "amp": amp,
+        "seed": seed,
+        "sync_bn": sync_bn,
+        "fsdp": fsdp,
+        "train_data": describe_data(train_data),
+        "test_data": describe_data(test_data),
+        **(run_info or {}),
     }
-    if table_lr_scale != 1:  # only then: checkpoints of runs without it keep resuming
-        schedule["table_lr_scale"] = float(table_lr_scale)
     history, start = {k: [] for k in HISTORY_KEYS}, 0
     torch.manual_seed(seed + rank)
     if resume:
@@ -227,7 +267,17 @@ def fit(
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         bar = _progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{epochs}") if progress and rank == 0 else None
-        sums = train_one_epoch(net, loader, criterion, optimizer, scheduler, scaler, bar=bar, **step_options)
+        sums = train_one_epoch(
+            net,
+            loader,
+            criterion,
+            optimizer,
+            scheduler,
+            scaler,
+            bar=bar,
+            first_step=epoch * steps_per_epoch,
+            **step_options,
+        )
         if world > 1:
             dist.all_reduce(sums)
         seconds = time.perf_counter() - t0
@@ -344,9 +394,13 @@ def train_one_epoch(
     clip_grad,
     bar=None,
     on_step=None,
+    first_step: int = 0,
 ) -> torch.Tensor:
     """One pass over ``loader``: forward (under autocast when ``dtype`` is set), backward
-    (through the GradScaler), clip, step, schedule, ``on_step(loss)``. Returns ``[summed loss, correct, images]``."""
+    (through the GradScaler), clip, step, schedule, ``on_step(loss)``. Returns ``[summed loss, correct, images]``.
+
+    A NaN or infinite loss raises ``NonFiniteLoss`` before its step changes the weights (``first_step``
+    numbers the steps in its message)."""
     net.train()
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     for step, (x, y) in enumerate(loader):
@@ -355,6 +409,10 @@ def train_one_epoch(
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = net(x)
         loss = criterion(logits.float(), y)
+        if not _finite_everywhere(loss):
+            if bar is not None:
+                bar.close()
+            raise NonFiniteLoss(loss.item(), first_step + step + 1, scheduler.get_last_lr()[0])
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if clip_grad is not None:
@@ -375,6 +433,28 @@ def train_one_epoch(
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # so that the epoch's time covers all its kernels
     return sums
+
+
+def _finite_everywhere(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite in every process (all stop together: one stopping alone would leave
+    the others waiting for it in the next all-reduce)."""
+    finite = torch.isfinite(loss.detach()).float()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite)
+
+
+class NonFiniteLoss(ValueError):
+    """The training loss became NaN or infinite: the run diverged (or overflowed in low precision)."""
+
+    def __init__(self, loss: float, step: int, lr: float):
+        value = "not finite in another process" if math.isfinite(loss) else loss
+        super().__init__(
+            f"the training loss is {value} at step {step} (learning rate {lr:.3g} there): training diverged and "
+            f"was stopped before that step changed the weights; the checkpoint of the last finished epoch, if "
+            f"any, is kept. Train with a lower learning rate (--lr, e.g. 10 times lower), gradient clipping "
+            f"(--clip-grad 1) and without mixed precision (--amp none)"
+        )
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -493,18 +573,20 @@ def save_sharded_checkpoint(state: dict, path: str | Path, model: nn.Module, opt
     """Write a checkpoint folder with ``torch.distributed.checkpoint``: every process writes its own
     shards of the model and the optimizer; process 0 adds the rest of ``state`` as ``train_state.pt``.
 
-    Called by every process. The folder is written under a temporary name and renamed when complete."""
+    Called by every process. The folder is written as ``PATH.tmp`` (complete once ``train_state.pt``
+    is in it), the previous one renamed to ``PATH.old``, ``PATH.tmp`` to ``PATH``, and ``PATH.old``
+    removed: killed at any point, a complete copy is left that ``load_checkpoint`` finds."""
     path = Path(path)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    tmp = path.with_name(path.name + ".tmp")
+    _, tmp, old = _sharded_copies(path)
     if rank == 0 and tmp.exists():
-        shutil.rmtree(tmp)  # left by a crash while writing
+        shutil.rmtree(tmp)  # left by a crash while writing; `path` is complete
     model_state, optimizer_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=tmp, no_dist=world == 1)
     if rank == 0:
         save_checkpoint({**state, "model_description": _describe(model)}, tmp / SHARDED_STATE)
-        old = path.with_name(path.name + ".old")
         if path.exists():
+            shutil.rmtree(old, ignore_errors=True)  # left by a crash after the last rename
             os.replace(path, old)
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
@@ -515,22 +597,39 @@ def save_sharded_checkpoint(state: dict, path: str | Path, model: nn.Module, opt
 SHARDED_STATE = "train_state.pt"  # in a sharded checkpoint's folder: epoch, history, schedule, random states
 
 
+def _sharded_copies(path: Path) -> tuple[Path, Path, Path]:
+    """``(PATH, PATH.tmp, PATH.old)``: the places where a sharded save keeps its folders."""
+    return path, path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+
+
+def _complete_checkpoint(path: Path) -> Path | None:
+    """The checkpoint to read for ``path``: the file, or the first complete folder of ``PATH``, ``PATH.tmp``
+    (newer: killed between its two renames) and ``PATH.old``; None when there is none."""
+    if path.is_file():
+        return path
+    return next((p for p in _sharded_copies(path) if (p / SHARDED_STATE).is_file()), None)
+
+
 def load_checkpoint(
     path: str | Path | None,
     model: nn.Module,
     schedule: dict | None = None,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> dict:
-    """Read a checkpoint, check it fits ``model`` (and the ``schedule`` of this run, if given), load its
+    """Read a checkpoint, check it fits ``model`` (and the ``schedule`` of this run, if given: its whole
+    configuration, as ``fit`` records it), load its
     weights into ``model`` (and its state into ``optimizer``, if given); return the rest of the state.
 
     ``path`` is a file written by ``fit`` (read with ``weights_only=True``) or the folder of a sharded
     run (``fsdp=True``), which loads into a sharded model under torchrun or into a whole model in one
     process: ``load_checkpoint("runs/fsdp/checkpoint", create_model(...))`` then evaluates it alone.
+    When a sharded save was killed part-way and the folder is missing, its complete ``.tmp`` or
+    ``.old`` copy is read.
     """
-    path = Path(path) if path is not None else None
-    if path is None or not (path.is_file() or (path / SHARDED_STATE).is_file()):
+    found = _complete_checkpoint(Path(path)) if path is not None else None
+    if found is None:
         raise ValueError(f"cannot resume: no checkpoint file at {path}; pass checkpoint=PATH of an earlier run")
+    path = found
     sharded = path.is_dir()
     state = torch.load(path / SHARDED_STATE if sharded else path, map_location="cpu", weights_only=True)
     if sharded:
@@ -543,11 +642,8 @@ def load_checkpoint(
         saved = {k: v.shape for k, v in state["model"].items()}
     current = {k: v.shape for k, v in model.state_dict().items()}
     _check_same_model(saved, current, path, state.get("model_description"), _describe(model))
-    if schedule is not None and state["schedule"] != schedule:
-        raise ValueError(
-            f"checkpoint {path} was written for the schedule {state['schedule']} but this run asks for {schedule}: "
-            f"resume with the same epochs, batch size, number of processes and learning rate, or start a new run"
-        )
+    if schedule is not None:
+        _check_same_schedule(state["schedule"], schedule, path)
     if sharded:
         # get_state_dict gives tensors shaped like this model's (shards under FSDP, whole tensors
         # otherwise); dcp.load fills them from whichever shards hold their parts.
@@ -567,6 +663,22 @@ def load_checkpoint(
         if optimizer is not None:
             optimizer.load_state_dict(state["optimizer"])
     return state
+
+
+def _check_same_schedule(saved: dict, current: dict, path: Path) -> None:
+    """Raise unless the run configuration a checkpoint recorded is this run's, naming every difference (a
+    setting an older checkpoint did not record shows as None there)."""
+    differ = [
+        f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now"
+        for k in dict.fromkeys([*saved, *current])
+        if saved.get(k) != current.get(k)
+    ]
+    if differ:
+        raise ValueError(
+            f"checkpoint {path} was written with other settings than this run's ({'; '.join(differ)}): resume "
+            f"with the same settings (schedule, optimisation, seed, amp, model and data), or start a new run "
+            f"in another place"
+        )
 
 
 def _describe(model: nn.Module) -> str:
@@ -615,6 +727,112 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 # --- checks and set-up -----------------------------------------------------------------------------
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# Every hyperparameter of ``fit``: the test it must pass and the allowed values, as the error says them.
+HYPERPARAMETERS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "epochs": (lambda v: _is_int(v) and v >= 1, "a positive int"),
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "a positive int (images per process)"),
+    "lr": (lambda v: _is_number(v) and v > 0, "a finite number > 0 (the peak learning rate, e.g. 3e-3)"),
+    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0 (0: no weight decay)"),
+    "warmup_epochs": (lambda v: _is_number(v) and v >= 0, "a finite number of epochs >= 0 (0: no warm-up)"),
+    "label_smoothing": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1) (0: no smoothing)"),
+    "clip_grad": (
+        lambda v: v is None or (_is_number(v) and v > 0),
+        "None (no clipping) or a finite number > 0 (the largest gradient norm; the command line's 0 is None)",
+    ),
+    "num_workers": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0: load the data in the main process)"),
+    "seed": (_is_int, "an int"),
+}
+
+
+def check_hyperparameters(**values) -> None:
+    """Raise a ``ValueError`` naming the first value outside its allowed range (``HYPERPARAMETERS``)."""
+    for name, value in values.items():
+        test, allowed = HYPERPARAMETERS[name]
+        if not test(value):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{name} ({flag}) must be {allowed}, got {value!r}")
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Raise unless ``folder`` is (or can be made as) a folder this process may write into; creates nothing."""
+    existing = Path(folder).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        problem = "is a file, not a folder" if not existing.is_dir() else "is not writable"
+        raise ValueError(
+            f"{what} {folder} cannot be written: {existing} {problem}. Choose another place (--out) "
+            f"or fix its permissions"
+        )
+
+
+def check_fresh_checkpoint(path: Path) -> None:
+    """Raise if a new run's checkpoint ``path`` would overwrite an earlier run's: the checkpoint itself, or
+    the ``.tmp`` / ``.old`` folder a sharded save leaves when it is killed part-way."""
+    if path.exists():
+        raise ValueError(
+            f"{path} already exists: pass resume=True (--resume) to continue that run, "
+            f"or delete it or choose another path; it is not overwritten"
+        )
+    left = [p for p in _sharded_copies(path)[1:] if p.is_dir()]
+    if left:
+        resume = "pass resume=True (--resume) to continue that run from it, or " if _complete_checkpoint(path) else ""
+        raise ValueError(
+            f"{' and '.join(map(str, left))} {'is' if len(left) == 1 else 'are'} left by a sharded save that was "
+            f"killed part-way: {resume}delete {'it' if len(left) == 1 else 'them'} to start a new run"
+        )
+
+
+def _wrapped(data: Dataset):
+    """``data`` and the data sets it wraps (``Subset`` and any wrapper keeping its data as ``.dataset``)."""
+    while data is not None:
+        yield data
+        data = getattr(data, "dataset", None)
+
+
+def _classes(data: Dataset) -> list | None:
+    """The data set's class names, looking through wrappers such as ``Subset``; None when it has none."""
+    classes = next((d.classes for d in _wrapped(data) if getattr(d, "classes", None) is not None), None)
+    return list(classes) if classes is not None else None
+
+
+def describe_data(data: Dataset | None) -> dict | None:
+    """What a checkpoint records of a data set, to refuse a resume on other data: its size, image shape,
+    classes and, for a ``Subset``, a digest of its indices (another subset of the same size differs)."""
+    if data is None:
+        return None
+    description = {"images": len(data), "image_shape": list(data[0][0].shape), "classes": _classes(data)}
+    subset = next((d for d in _wrapped(data) if isinstance(d, Subset)), None)
+    if subset is not None:
+        description["subset"] = hashlib.sha256(str(list(subset.indices)).encode()).hexdigest()[:16]
+    return description
+
+
+def _check_test_data(test_data: Dataset, train_data: Dataset) -> None:
+    """The test images must have the training images' shape and the test data the training data's classes."""
+    train_shape, test_shape = tuple(train_data[0][0].shape), tuple(test_data[0][0].shape)
+    if test_shape != train_shape:
+        raise ValueError(
+            f"the test images are {'x'.join(map(str, test_shape))} (channels x height x width) but the training "
+            f"images {'x'.join(map(str, train_shape))}: load both splits with the same image_size and channels, "
+            f"e.g. coatlib.data.load_splits(name, image_size, channels)"
+        )
+    train_classes, test_classes = _classes(train_data), _classes(test_data)
+    if train_classes is not None and test_classes is not None and train_classes != test_classes:
+        raise ValueError(
+            f"the test data's classes {test_classes} are not the training data's {train_classes}: the test set "
+            f"is of another task. Test on the test split of the data set the model learns"
+        )
+
+
 def init_distributed() -> tuple[int, int, int]:
     """``(rank, world_size, local_rank)``; joins the process group when launched by torchrun.
 
@@ -635,6 +853,9 @@ def _device(device, local_rank: int) -> torch.device:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build of PyTorch" if torch.version.cuda is None else "PyTorch without a visible GPU"
+        raise ValueError(f"device {str(device)!r} needs a CUDA GPU, and this is {build}: use --device cpu")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device
@@ -667,8 +888,6 @@ def _amp_dtype(amp: str | None, device: torch.device):
 
 
 def _steps_per_epoch(data: Dataset, batch_size: int, world: int) -> int:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     per_process = math.ceil(len(data) / world)
     if per_process < batch_size:
         raise ValueError(
@@ -829,8 +1048,14 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="start a new run in an OUT that holds an earlier one (its history.json and checkpoint are deleted)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar and epoch lines, only the final line")
     args = p.parse_args(argv)
+    _check_arguments(args)
 
     rank, world, _ = init_distributed()
     if args.fsdp and world == 1:  # before the data are built: say at once how to start it
@@ -838,6 +1063,7 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
             "--fsdp shards the model over several processes: start it with `torchrun --standalone "
             "--nproc_per_node=N -m coatlib.train ... --fsdp` (N >= 2), or leave out --fsdp"
         )
+    _device(args.device, 0)  # a device this machine lacks fails before the data are built
     options = {"download": True} if args.download else {}
     train_data, test_data = coatlib.data.load_splits(
         args.data, args.image_size, args.channels, args.data_size, args.test_size, **options
@@ -851,6 +1077,12 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
         in_chans=args.channels,
         **overrides,
     )
+    if args.force and rank == 0:
+        _delete_earlier_run(args.out)
+    if world > 1:
+        dist.barrier()
+    checkpoint = args.out / ("checkpoint" if args.fsdp else "checkpoint.pt")
+    resumed_from = _saved_epoch(checkpoint) if args.resume else None
     history = fit(
         model,
         train_data,
@@ -870,11 +1102,12 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
         activation_checkpointing=args.activation_checkpointing,
         compile=args.compile,
         seed=args.seed,
-        checkpoint=args.out / ("checkpoint" if args.fsdp else "checkpoint.pt"),
+        checkpoint=checkpoint,
         resume=args.resume,
         progress=not args.quiet,
         num_workers=args.num_workers,
         table_lr_scale=args.table_lr_scale,
+        run_info={k: getattr(args, k) for k in RUN_ARGUMENTS},
     )
     if rank == 0:
         record = {
@@ -885,6 +1118,8 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
             "versions": versions(),
             "history": history,
         }
+        if resumed_from is not None:  # the epochs before it ran under an earlier command, with the same settings
+            record["resumed_from_epoch"] = resumed_from
         (args.out / "history.json").write_text(json.dumps(record, indent=1))
         print(f"final test accuracy: {history['test_acc'][-1]:.4f}", flush=True)
     if world > 1:
@@ -892,8 +1127,78 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
     return history
 
 
-if __name__ == "__main__":
+# The command-line arguments that define a run beyond what ``fit`` sees: a checkpoint records them, a resume
+# must repeat them.
+RUN_ARGUMENTS = ("model", "data", "image_size", "channels", "data_size", "test_size", "drop_path")
+# What a run writes into --out: a new run refuses an --out that holds any of them (unless --force).
+RUN_FILES = ("history.json", "checkpoint.pt", "checkpoint.pt.tmp", "checkpoint", "checkpoint.tmp", "checkpoint.old")
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Every argument's range (as ``fit`` checks them, plus the command line's own), and that ``--out`` can
+    be written and holds no earlier run unless ``--resume`` or ``--force``: before any data are built."""
+    check_hyperparameters(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing,
+        num_workers=args.num_workers,
+    )
+    if not math.isfinite(args.clip_grad) or args.clip_grad < 0:
+        raise ValueError(f"--clip-grad must be a finite number >= 0 (0: no clipping), got {args.clip_grad}")
+    if args.drop_path is not None and not 0 <= args.drop_path < 1:
+        raise ValueError(f"--drop-path must be in [0, 1) (the deepest block's drop probability), got {args.drop_path}")
+    for flag in ("image_size", "data_size", "test_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive int, got {value}")
+    check_writable(args.out, "--out")
+    if args.resume and args.force:
+        raise ValueError("--resume continues the run in --out and --force replaces it: pass one of them")
+    earlier = [name for name in RUN_FILES if (args.out / name).exists()]
+    if earlier and not (args.resume or args.force):
+        raise ValueError(
+            f"{args.out} holds an earlier run ({', '.join(earlier)}): pass --resume to continue it, --force to "
+            f"replace it, or choose another --out"
+        )
+
+
+def _delete_earlier_run(out: Path) -> None:
+    """``--force``: remove what an earlier run wrote into ``out`` (``RUN_FILES``), nothing else."""
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _saved_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint was written after (None without one; ``fit`` then says so). Memory-mapped:
+    the weights are not read."""
+    found = _complete_checkpoint(path)
+    if found is None:
+        return None
+    file = found / SHARDED_STATE if found.is_dir() else found
+    return torch.load(file, map_location="cpu", weights_only=True, mmap=True)["epoch"]
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """``python -m coatlib.train``: ``main``, with bad input and Ctrl-C ending in one line, not a traceback."""
     try:
-        main()
+        main(argv)
     except ValueError as error:  # bad input: the message says what to change, a traceback would hide it
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        print(
+            "interrupted; resume with --resume (the same command plus --resume continues from the checkpoint "
+            "of the last finished epoch)",
+            file=sys.stderr,
+        )
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    cli()

@@ -31,6 +31,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -519,6 +520,11 @@ def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a ``.safetensors`` file, or of a ``torch.save`` file read with
     ``weights_only=True`` (tensors and containers only: no code runs)."""
+    if Path(path).is_dir():
+        raise ValueError(
+            f"{path} is a folder, the checkpoint of a sharded run (fit(fsdp=True)): load it with "
+            f"coatlib.train.load_checkpoint({str(path)!r}, model)"
+        )
     if str(path).endswith(".safetensors"):
         try:
             from safetensors.torch import load_file
@@ -528,14 +534,119 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+# Keys only timm's CoAtNets have (its stem's ``conv1``, its blocks' ``conv2_kxk`` and ``rel_pos``).
+TIMM_MARKERS = ("stem.conv1.", ".conv2_kxk.", ".rel_pos.")
+# Prefixes the wrappers of a training loop add to every key: DDP's ``module.``, torch.compile's ``_orig_mod.``.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def unwrap_state_dict(checkpoint: Mapping, path: str | os.PathLike = "the checkpoint") -> dict[str, torch.Tensor]:
+    """The state dict inside ``checkpoint``: itself, or its ``"model"`` entry (``fit``'s ``checkpoint.pt``,
+    and the common ``{'model': ...}`` wrapper) or ``"state_dict"`` entry; the prefixes of DDP
+    (``module.``) and ``torch.compile`` (``_orig_mod.``) removed."""
+    for key in ("model", "state_dict"):
+        if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(key), Mapping):
+            checkpoint = checkpoint[key]
+            break
+    if not isinstance(checkpoint, Mapping) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        entries = list(checkpoint)[:6] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
+        raise ValueError(
+            f"{path} holds no state dict (tensors by name) where one is looked for: itself, its 'model' or its "
+            f"'state_dict' entry; it holds {entries}. Save the weights with torch.save(model.state_dict(), path)"
+        )
+    state_dict = dict(checkpoint)
+    for prefix in WRAPPER_PREFIXES:
+        if state_dict and all(k.startswith(prefix) for k in state_dict):
+            state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items()}
+    return state_dict
+
+
 def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a local file into ``model``: a coatlib state dict (``torch.save(model.state_dict(), path)``)
-    or, for a CoAtNet, timm's (e.g. its ``model.safetensors``), converted by ``load_timm_weights``."""
-    state_dict = read_checkpoint(path)
-    if isinstance(model, (CoAtNet, RwCoAtNet)) and not set(state_dict) <= set(model.state_dict()):
+    """Load a local file into ``model``: a coatlib state dict (``torch.save(model.state_dict(), path)``),
+    ``fit``'s ``checkpoint.pt``, a ``{'model': ...}`` or ``{'state_dict': ...}`` wrapper or, for a CoAtNet,
+    timm's state dict (e.g. its ``model.safetensors``, recognised by timm's names), converted by
+    ``load_timm_weights``. Anything else must fit ``model`` exactly; if it does not, the ``ValueError``
+    lists the missing, unexpected and wrong-shape tensors by stage, with the likely fix
+    (``num_classes=``, ``layout=``, ``image_size=``)."""
+    state_dict = unwrap_state_dict(read_checkpoint(path), path)
+    if isinstance(model, (CoAtNet, RwCoAtNet)) and any(m in k for k in state_dict for m in TIMM_MARKERS):
         return load_timm_weights(model, state_dict)
+    check_state_dict_fits(model, state_dict, path)
     model.load_state_dict(state_dict)
     return model
+
+
+def check_state_dict_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source="the state dict") -> None:
+    """Raise a ``ValueError`` unless ``state_dict`` has exactly ``model``'s tensors and shapes, listing the
+    missing, unexpected and wrong-shape tensors by stage (``S3`` for ``stages.2``) with the likely fix."""
+    target = model.state_dict()
+    missing = [k for k in target if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in target]
+    wrong = [k for k in target if k in state_dict and state_dict[k].shape != target[k].shape]
+    if not (missing or unexpected or wrong):
+        return
+    groups: dict[str, list[str]] = {}
+    for kind, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)):
+        for group in dict.fromkeys(map(_stage_of, keys)):
+            inside = [k for k in keys if _stage_of(k) == group]
+            shown = [_shapes(k, state_dict, target) if kind == "of another shape" else k for k in inside[:2]]
+            more = f", ... {len(inside) - 2} more" if len(inside) > 2 else ""
+            groups.setdefault(group, []).append(f"{len(inside)} {kind} ({'; '.join(shown)}{more})")
+    report = "\n".join(f"  {group}: {', '.join(parts)}" for group, parts in groups.items())
+    raise ValueError(
+        f"{source} does not fit this {type(model).__name__} ({len(missing)} tensors missing, {len(unexpected)} "
+        f"unexpected, {len(wrong)} of another shape):\n{report}\n{_fix_hint(model, state_dict, target, wrong)}"
+    )
+
+
+def _stage_of(key: str) -> str:
+    """``"S3"`` for a key under ``stages.2``; the first part of the name (``stem``, ``head``, ...) otherwise."""
+    found = re.match(r"stages\.(\d+)\.", key)
+    return f"S{int(found[1]) + 1}" if found else key.split(".")[0]
+
+
+def _shapes(key: str, state_dict: Mapping, target: Mapping) -> str:
+    return f"{key}: {tuple(state_dict[key].shape)} in the file, {tuple(target[key].shape)} in the model"
+
+
+def _fix_hint(model: nn.Module, state_dict: Mapping, target: Mapping, wrong: list[str]) -> str:
+    """The likely fix: another number of classes, another CoAtNet layout, another image size, or another model."""
+    shared = set(state_dict) & set(target)
+    if len(shared) < len(target) / 2:
+        return (
+            f"Hint: the file shares only {len(shared)} of its {len(state_dict)} tensor names with this model: the "
+            f"weights are of another architecture; build the model they come from"
+        )
+    classifier = next(reversed([k for k in target if k.endswith(".weight") and target[k].ndim == 2]), None)
+    hints = []
+    if classifier in wrong and state_dict[classifier].shape[1:] == target[classifier].shape[1:]:
+        hints.append(f"num_classes={state_dict[classifier].shape[0]} (the file's classifier has that many outputs)")
+    if isinstance(model, CoAtNet) and len(model.stages) == 4:  # not ViT-Rel's single stage
+        layout = _layout_of(state_dict, len(model.stages))
+        if layout != model.layout:
+            hints.append(f"layout={layout!r} (the file's stages; this model is {model.layout!r})")
+        sizes = {_image_size_of(k, state_dict[k]) for k in wrong if k.endswith("relative_bias_table")}
+        if len(sizes) == 1:
+            hints.append(f"image_size={sizes.pop()} (the size its bias tables were made for)")
+    if any(k.endswith(("relative_bias_table", "pos_embed")) for k in wrong) and not hints:
+        hints.append("image_size= the size the weights were trained at (their position tables differ)")
+    if not hints:
+        return "Hint: build the model with the options the weights were trained with (width, depth, head)"
+    return "Hint: build the model with " + " and ".join(hints)
+
+
+def _layout_of(state_dict: Mapping, stages: int) -> str:
+    """The CoAtNet layout of a state dict: ``T`` for a stage with attention tensors, ``C`` otherwise."""
+    return "-".join(
+        "T" if any(k.startswith(f"stages.{i}.") and ".attn." in k for k in state_dict) else "C" for i in range(stages)
+    )
+
+
+def _image_size_of(key: str, table: torch.Tensor) -> int:
+    """The image size a CoAtNet bias table ``(heads, 2H-1, 2W-1)`` of ``stages.i`` was made for: the stem
+    and every stage halve the map, so stage ``S{i+1}``'s map is the image over ``2 ** (i + 2)``."""
+    stage = int(re.match(r"stages\.(\d+)\.", key)[1])
+    return (table.shape[-2] + 1) // 2 * 2 ** (stage + 2)
 
 
 def _load(

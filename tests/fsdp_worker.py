@@ -29,6 +29,7 @@ class CrashAfter(torch.utils.data.Dataset):
 
     def __init__(self, data, n):
         self.data, self.n, self.reads = data, n, 0
+        self.dataset = data  # as torch's wrappers keep it: fit describes the data it wraps
 
     def __len__(self):
         return len(self.data)

@@ -231,3 +231,28 @@ def test_attention_distance_ratios_measure_every_layer():
         torch.testing.assert_close(ratio, table_distance_ratio(layer.relative_bias_table.detach()))
     vit = coatlib.create_model("coatnet_pico_vitrel", num_classes=4, image_size=64)
     assert [name for name, _ in relative_attention_layers(vit)][:2] == ["S1-S4.0", "S1-S4.1"]
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda m, x: bias_tables(m, 0), "stage must be an int from 1 to 4 .*got 0"),
+        (lambda m, x: bias_tables(m, -1), "stage must be an int from 1 to 4 .*got -1"),
+        (lambda m, x: bias_tables(m, 5), "from 1 to 4"),
+        (lambda m, x: attention_locality(m, x, -2), "from 1 to 4"),
+        (lambda m, x: depthwise_kernels(m, 0), "from 1 to 4"),
+        (lambda m, x: stage_output(m, x, -1), "stage must be an int from 0 to 4 \\(0 \\(the stem\\) to S1 to S4"),
+        (lambda m, x: stage_output(m, x, 5), "from 0 to 4"),
+        (lambda m, x: effective_receptive_field(m, x, -1), "from 0 to 4"),
+        (lambda m, x: attention_maps(m, x[0], 3, (0, 0), block=2), "block must be an int from 0 to 1 \\(S3 has 2"),
+        (lambda m, x: attention_maps(m, x[0], 3, (0, 0), block=-3), "block must be an int from 0 to 1 .*-2 the first"),
+        (lambda m, x: attention_maps(m, x[0], 4, (0, 0), block=1.0), "block must be an int from 0 to 0"),
+    ],
+)
+def test_stage_and_block_numbers_are_checked_not_wrapped_around(call, match):
+    """bias_tables(m, 0) once returned S4's tables and stage_output(m, x, -1) S3's map (Python's negative
+    indexing): every stage and block number is now checked, with the valid range in the error."""
+    torch.manual_seed(0)
+    m = coatlib.create_model("coatnet_pico", num_classes=2, image_size=64).eval()
+    with pytest.raises(ValueError, match=match):
+        call(m, torch.randn(1, 3, 64, 64))

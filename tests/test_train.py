@@ -203,7 +203,7 @@ def test_cli_writes_history_and_checkpoint(tmp_path, capsys):
     assert record["command"].startswith("python -m coatlib.train --model coatnet_pico")
     assert record["history"]["test_acc"] == history["test_acc"] and "torch" in record["versions"]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
-    with pytest.raises(ValueError, match="already exists"):
+    with pytest.raises(ValueError, match="holds an earlier run.*pass --resume to continue it, --force to replace it"):
         main(args)
     main([*args[:-4], "--epochs", "2", "--out", str(out), "--resume", "--quiet"])  # nothing left to do
     assert capsys.readouterr().out.strip().splitlines() == [lines[-1]]

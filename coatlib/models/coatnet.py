@@ -235,7 +235,7 @@ class CoAtNet(nn.Module):
         return self.head(self.pre_logits(self.norm(x)))
 
     def _check_input(self, x: torch.Tensor) -> None:
-        check_images(x, self.in_chans, min_size=1)
+        check_images(x, self.in_chans, min_size=1, dtype=next(self.parameters()).dtype)
         if tuple(x.shape[-2:]) != self.image_size:
             raise ValueError(
                 f"this model was built for {self.image_size[0]}x{self.image_size[1]} images but got "

@@ -102,7 +102,7 @@ class ConvNeXt(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, C, H, W)`` -> the last feature map ``(B, C4, H/32, W/32)``."""
-        check_images(x, self.in_chans)
+        check_images(x, self.in_chans, dtype=next(self.parameters()).dtype)
         return self.stages(self.stem(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,7 @@ class ConvNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, C, H, W)`` -> the last feature map ``(B, D, H/32, W/32)``."""
-        check_images(x, self.in_chans)
+        check_images(x, self.in_chans, dtype=next(self.parameters()).dtype)
         return self.features(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -122,7 +122,7 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, C, H, W)`` -> the last feature map ``(B, 512 * expansion, H/32, W/32)``."""
-        check_images(x, self.in_chans)
+        check_images(x, self.in_chans, dtype=next(self.parameters()).dtype)
         x = self.maxpool(self.stem(x))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 

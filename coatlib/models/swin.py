@@ -192,7 +192,7 @@ class SwinTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, C, H, W)`` -> normalised channels-last map ``(B, H/32, W/32, 8C)``."""
-        check_images(x, self.in_chans)
+        check_images(x, self.in_chans, dtype=next(self.parameters()).dtype)
         return self.norm(self.stages(self.patch_embed(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

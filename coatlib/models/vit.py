@@ -116,7 +116,7 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, C, H, W)`` -> normalised tokens ``(B, 1 + N, D)``, class token first."""
-        check_images(x, self.in_chans, self.config.patch, self.config.patch)
+        check_images(x, self.in_chans, self.config.patch, self.config.patch, dtype=next(self.parameters()).dtype)
         x = self.patch_embed(x)  # (B, h, w, D)
         grid = tuple(x.shape[1:3])
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x.flatten(1, 2)], dim=1)

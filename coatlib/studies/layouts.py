@@ -53,7 +53,7 @@ from coatlib.flops import count_flops, count_params
 from coatlib.models.coatnet import CONFIGS, CoAtNet, CoAtNetConfig
 from coatlib.studies import stats
 from coatlib.studies.bag_of_features import bag_of_features
-from coatlib.studies.records import pool, save
+from coatlib.studies.records import check_workers, pool, read_record, save
 from coatlib.train import evaluate, fit
 
 LAYOUTS = ("ViT-Rel", "C-C-C-C", "C-C-C-T", "C-C-T-T", "C-T-T-T")
@@ -341,9 +341,10 @@ def layout_study(
     ``workers`` processes train at once, each with ``torch.get_num_threads() // workers``
     threads. Resumable: runs already in the record are skipped.
     """
+    check_workers(workers)
     settings = json.loads(json.dumps(PRESETS[preset]))  # tuples -> lists, as the JSON holds them
     path = Path(out) / f"layout_study_{preset}.json"
-    record = json.loads(path.read_text()) if path.is_file() else None
+    record = read_record(path) if path.is_file() else None
     if record is not None and record["settings"] != settings:
         raise ValueError(
             f"{path} holds a study with other settings: delete it, or pass another --out, to start this one"
@@ -378,7 +379,7 @@ def layout_study(
                 save(record, path, command)
                 if progress:
                     print(_line(row), flush=True)
-    return json.loads(path.read_text())
+    return read_record(path)
 
 
 class GateFailed(RuntimeError):
@@ -496,10 +497,7 @@ def study_results(path: str | Path | None = None, preset: str = "cpu") -> dict:
             f"{path} is missing: install coatlib from the book's repository, which ships it, or make it "
             f"with `python -m coatlib.experiments layouts --workers 2` (about 75 minutes on 2 CPU cores)"
         )
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not a readable study record ({e}); run the study again to rewrite it") from e
+    return read_record(path)
 
 
 def study_runs(record: dict, task: str = "task", world: str = "real", size: int | None = None) -> dict[str, list]:

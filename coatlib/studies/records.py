@@ -31,10 +31,27 @@ def save(result: dict, path: str | Path, command: str) -> Path:
 def pool(workers: int, ordered: bool = False):
     """``imap(fn, jobs)`` over ``workers`` processes (results in the order they finish, or in the jobs'
     order when ``ordered``), or in this process."""
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an int >= 1 (processes training at once), got {workers!r}")
+    check_workers(workers)
     if workers == 1:
         yield lambda fn, jobs: map(fn, jobs)
         return
     with multiprocessing.get_context("spawn").Pool(workers) as p:
         yield lambda fn, jobs: (p.imap if ordered else p.imap_unordered)(fn, jobs)
+
+
+def check_workers(workers: int) -> int:
+    """``workers`` if it is a number of processes: an int >= 1; a ``ValueError`` otherwise."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers (--workers) must be an int >= 1 (processes training at once), got {workers!r}")
+    return workers
+
+
+def read_record(path: str | Path) -> dict:
+    """The JSON record at ``path``; a ``ValueError`` naming the file when it is not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path} is not a readable JSON record ({e}): it was cut short or edited. Restore it (git checkout "
+            f"of a shipped record, or your copy), or delete it and run the experiment again"
+        ) from None
