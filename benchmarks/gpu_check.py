@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     rows: list[dict] = []
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    record = {"command": " ".join(["python", "benchmarks/gpu_check.py", *sys.argv[1:]]), "settings": settings}
+    given = sys.argv[1:] if argv is None else argv
+    record = {"command": " ".join(["python", "benchmarks/gpu_check.py", *given]), "settings": settings}
 
     def save():
         if args.json is not None:

@@ -129,6 +129,7 @@ def test_ci_runs_the_chapters_from_the_wheel_with_one_thread():
     script = (ROOT / ".ci" / "wheel_check").read_text()
     assert "set -euo pipefail" in script and "unset PYTHONPATH" in script
     assert "pip wheel --no-deps" in script and "python -m venv" in script and "[chapters,test]" in script
+    assert '-c "$repo/requirements.txt"' in script  # the versions the committed outputs were made with
     assert "OMP_NUM_THREADS=1" in script and "--nbval --nbval-current-env" in script
     assert (ROOT / ".ci" / "wheel_check").stat().st_mode & 0o111, "chmod +x .ci/wheel_check"
 
