@@ -112,8 +112,26 @@ def test_book_workflow_builds_and_publishes():
 
 @pytest.mark.parametrize("name", ["tests.yml", "book.yml"])
 def test_workflows_cache_pip(name):
-    setup = [step for step in steps(load(WORKFLOWS / name)) if step.get("uses", "").startswith("actions/setup-python")]
-    assert len(setup) == 1 and setup[0]["with"]["cache"] == "pip"
+    workflow = load(WORKFLOWS / name)
+    for job in workflow["jobs"].values():
+        setup = [step for step in job.get("steps", []) if step.get("uses", "").startswith("actions/setup-python")]
+        assert len(setup) <= 1 and all(step["with"]["cache"] == "pip" for step in setup)
+    assert any(step.get("uses", "").startswith("actions/setup-python") for step in steps(workflow))
+
+
+def test_ci_runs_the_chapters_from_the_wheel_with_one_thread():
+    """The `wheel` job: a fresh environment with pyproject.toml's dependencies only, the chapters run
+    from outside the repository under nbval, at another thread count than the `tests` job."""
+    job = load(WORKFLOWS / "tests.yml")["jobs"]["wheel"]
+    runs = [step.get("run", "") for step in job["steps"]]
+    assert ".ci/wheel_check" in [run.strip() for run in runs]
+    assert not any("requirements.txt" in run or "-e ." in run for run in runs)
+    script = (ROOT / ".ci" / "wheel_check").read_text()
+    assert "set -euo pipefail" in script and "unset PYTHONPATH" in script
+    assert "pip wheel --no-deps" in script and "python -m venv" in script and "[chapters,test]" in script
+    assert '-c "$repo/requirements.txt"' in script  # the versions the committed outputs were made with
+    assert "OMP_NUM_THREADS=1" in script and "--nbval --nbval-current-env" in script
+    assert (ROOT / ".ci" / "wheel_check").stat().st_mode & 0o111, "chmod +x .ci/wheel_check"
 
 
 def test_citation_is_valid_cff():
@@ -177,7 +195,8 @@ def test_every_committed_result_the_chapters_read_ships_with_the_package():
 
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["coatlib"]
     artefacts = ROOT / "coatlib" / "artefacts"
-    files = [p.relative_to(ROOT / "coatlib").as_posix() for p in artefacts.rglob("*") if p.is_file()]
+    data = [p for p in artefacts.rglob("*") if p.is_file() and p.suffix not in {".py", ".pyc"}]  # not the accessor
+    files = [p.relative_to(ROOT / "coatlib").as_posix() for p in data]
     assert {"artefacts/layout_study_cpu.json", "artefacts/chapter3_bias.json"} <= set(files)
     missing = [f for f in files if not any(fnmatch.fnmatchcase(f, p) for p in patterns)]
     assert not missing, f"not in [tool.setuptools.package-data]: {missing}"
