@@ -232,11 +232,12 @@ def counters() -> tuple[Forbidden, ...]:
     """The MAC counters a counting exercise must not ask: the reader counts, the check measures."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    import coatlib
     import coatlib.flops
 
     return (
-        Forbidden(coatlib.flops, "count_macs", "coatlib's count_macs"),
-        Forbidden(coatlib.flops, "count_flops", "coatlib's count_flops"),
+        *(Forbidden(owner, "count_macs", "coatlib's count_macs") for owner in (coatlib, coatlib.flops)),
+        *(Forbidden(owner, "count_flops", "coatlib's count_flops") for owner in (coatlib, coatlib.flops)),
         Forbidden(FlopCounterMode, "__init__", "PyTorch's FlopCounterMode"),
     )
 
