@@ -397,3 +397,19 @@ def test_a_fresh_handout_runs_to_the_end_and_the_book_passes(tmp_path, stem):
     assert student.errors == []  # a check reports a stub ("not yet."), it does not raise
     assert not any(e.passed for e in student.exercises)
     assert all(e.passed for e in book.exercises), cw.format_report([book])
+
+
+@pytest.mark.parametrize("path", book_notebooks(), ids=lambda p: p.stem)
+def test_the_grader_knows_every_code_exercise_of_the_chapter(path):
+    """EXERCISES, which the grader trusts instead of the notebook, matches the book: every exercise with
+    a check cell is there, with the function its solution defines and the check its check cell calls."""
+    from coatlib.teaching.exercises import EXERCISES
+
+    nb = nbformat.read(path, as_version=4)
+    plan, _ = cw.grading_plan(nb)
+    registered = {e.label: e for e in EXERCISES.get(path.stem, [])}
+    assert set(registered) == set(plan)
+    definitions = "\n".join(cw.submitted_definitions(nb))
+    for label, cells in plan.items():
+        assert cw._checks_of(nb, cells) == [registered[label].check]
+        assert f"def {registered[label].function}(" in definitions
