@@ -40,6 +40,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from coatlib.teaching.book import (
     BEGIN_SOLUTION,
@@ -509,6 +510,12 @@ def grade_class(folder: Path, csv_path: Path, timeout: float | None = None, exec
 # Command line
 
 
+def _fail(message: str) -> NoReturn:
+    """Stop with a one-line error (exit status 2, as for a bad argument)."""
+    print(f"coursework: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m coatlib.teaching.coursework", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -532,36 +539,34 @@ def main(argv: list[str] | None = None) -> int:
         try:
             notebooks = args.notebooks or toc_notebooks(find_root())
         except FileNotFoundError as e:
-            parser.error(f"{e}, or name the notebooks")
+            _fail(f"{e}, or name the notebooks")
         missing = [str(p) for p in notebooks if not p.is_file()]
         if missing:
-            parser.error(f"no such notebook: {', '.join(missing)}")
+            _fail(f"no such notebook: {', '.join(missing)}")
         existing = [str(args.out_dir / p.name) for p in notebooks if (args.out_dir / p.name).exists()]
         if existing and not args.force:
-            parser.error(
-                f"{existing[0]} exists (a student's work?): choose another OUT_DIR, or add --force to overwrite"
-            )
+            _fail(f"{existing[0]} exists (a student's work?): choose another OUT_DIR, or add --force to overwrite")
         try:
             written = write_student_edition(notebooks, args.out_dir)
         except ValueError as e:
-            parser.error(str(e))
+            _fail(str(e))
         print("\n".join(f"wrote {path}" for path in written))
         return 0
 
     if args.timeout is not None and not args.timeout > 0:
-        parser.error(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+        _fail(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
     if args.command == "grade-class":
         if not args.folder.is_dir():
-            parser.error(f"no such folder: {args.folder}")
+            _fail(f"no such folder: {args.folder}")
         try:
             rows = grade_class(args.folder, args.csv, args.timeout, not args.no_run)
         except (ValueError, OSError) as e:
-            parser.error(str(e))
+            _fail(str(e))
         print(f"wrote {args.csv} ({len(rows)} students) and {args.csv.parent / 'feedback'}/STUDENT.txt")
         return 0
     missing = [str(p) for p in args.notebooks if not p.is_file()]
     if missing:
-        parser.error(f"no such notebook: {', '.join(missing)}")
+        _fail(f"no such notebook: {', '.join(missing)}")
     results, ok = grade(args.notebooks, args.timeout, not args.no_run)
     print(format_report(results))
     if args.json:
