@@ -919,3 +919,14 @@ def test_attended_key_reference_is_measured_on_a_layer():
     table = torch.full((13, 13), -20.0)
     table[6 + 0, 6 + 1] = 5.0  # offset (0, 1): the key to the left of the query
     assert _looked_at_by_a_layer(table, (5, 4)) == (5, 3) == attended_key(table, (5, 4))
+
+
+def test_a_function_that_calls_a_private_reference_answer_is_named():
+    import importlib
+
+    def receptive_field(kernel_sizes, strides):
+        private = importlib.import_module("coatlib.teaching.exercises._solutions")
+        return private.receptive_field_of(kernel_sizes, strides)
+
+    fails(ex.check_receptive_field, receptive_field, "calls the book's reference answer")
+    passes(ex.check_receptive_field, globals()["receptive_field"])  # restored after the check

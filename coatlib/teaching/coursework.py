@@ -417,7 +417,7 @@ def grade_notebook(path: Path, timeout: float | None = None, execute: bool = Tru
             for o in cell.get("outputs", [])
             if o.output_type == "error"
         ]
-    if any(name in cell.source for cell in nb.cells for name in PRIVATE):
+    if any(name in cell.source for cell in nb.cells if cell.cell_type == "code" for name in PRIVATE):
         result.exercises = failed("the notebook uses coatlib's private reference answers (_solutions)")
     else:
         verdicts = _run_checks(source, chapter, CHECK_SECONDS)

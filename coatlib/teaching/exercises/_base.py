@@ -118,11 +118,25 @@ def _forbidding(fn: Callable, forbidden: Sequence[Forbidden]):
                 setattr(owner, attr, value)
 
 
+def _references() -> list[Forbidden]:
+    """The private reference answers: a reader's function may not call them either."""
+    import inspect
+
+    from coatlib.teaching.exercises import _solutions
+
+    label = "the book's reference answer (coatlib.teaching.exercises._solutions)"
+    return [
+        Forbidden(_solutions, name, label)
+        for name, value in vars(_solutions).items()
+        if inspect.isfunction(value) and value.__module__ == _solutions.__name__
+    ]
+
+
 def _call(fn: Callable, *args, forbidden: Sequence[Forbidden] = ()):
     """Call the reader's function (with the ``forbidden`` library calls made to raise); turn any exception
     into a report that names the call."""
     try:
-        with _forbidding(fn, forbidden):
+        with _forbidding(fn, [*forbidden, *_references()]):
             return fn(*args)
     except _ForbiddenCall as e:
         raise Wrong(
