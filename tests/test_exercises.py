@@ -930,3 +930,31 @@ def test_a_function_that_calls_a_private_reference_answer_is_named():
 
     fails(ex.check_receptive_field, receptive_field, "calls the book's reference answer")
     passes(ex.check_receptive_field, globals()["receptive_field"])  # restored after the check
+
+
+def test_more_slips_get_their_hints():
+    fails(ex.check_receptive_field, lambda ks, ss: receptive_field(ks, ss) - 1, "count the output pixel itself")
+
+    def all_strides(ks, ss):
+        total = 1
+        for s in ss:
+            total *= s
+        return sum(k - 1 for k in ks) * total + 1
+
+    fails(ex.check_receptive_field, all_strides, "the strides *before* it only")
+    fails(ex.check_depthwise_conv, lambda x, w: depthwise_conv(x, w).roll((1, 1), (-2, -1)), "shifted by one pixel")
+
+    def transposed_size(t, s):
+        resized = F.interpolate(
+            t.transpose(-2, -1)[None], size=(2 * s[1] - 1, 2 * s[0] - 1), mode="bilinear", align_corners=True
+        )
+        return resized[0].transpose(-2, -1)
+
+    passes(ex.check_resize_table, transposed_size)  # interpolation is separable: another correct answer
+    swapped_size = lambda t, s: resize_table(t, s[::-1])  # noqa: E731
+    fails(ex.check_resize_table, swapped_size, "rows from H', columns from W'")
+
+    def swapped(t, H, W):
+        return clipped_bias(t.transpose(-2, -1), H, W)
+
+    fails(ex.check_clipped_bias, swapped, "rows and columns are swapped")

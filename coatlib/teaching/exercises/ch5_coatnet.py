@@ -134,7 +134,7 @@ def check_resize_table(fn: Callable) -> None:
                 "interpolate bilinearly, not bicubically.",
             ),
             (
-                F.interpolate(table[None], size=size[::-1], mode="bilinear", align_corners=True)[0].transpose(-2, -1),
+                F.interpolate(table[None], size=size[::-1], mode="bilinear", align_corners=True)[0],
                 "the new size is (2H' - 1, 2W' - 1) in that order: rows from H', columns from W'.",
             ),
         ]
