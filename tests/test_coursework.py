@@ -386,13 +386,15 @@ def test_in_the_handout_only_check_cells_call_a_stub(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stem", [CHAPTER_1, "02_self_attention", "05b_trained_coatnet"])
+@pytest.mark.parametrize("stem", [CHAPTER_1, "05b_trained_coatnet"])
 def test_a_fresh_handout_runs_to_the_end_and_the_book_passes(tmp_path, stem):
-    """The cheap chapters, executed as handed out: no cell raises, every exercise fails; the book's
-    own notebook passes every exercise."""
+    """Two cheap chapters, executed as handed out: no cell raises, every exercise fails; the book's
+    own notebook passes every exercise. (The other chapters: the static test above; all nine hand-outs
+    ran to the end when this was written, see book/instructors.md.)"""
     path = find_root(__file__) / "notebooks" / f"{stem}.ipynb"
     [handout] = cw.write_student_edition([path], tmp_path)
-    student, book = cw.grade([handout, path])[0]
+    student = cw.grade_notebook(handout)
+    book = cw.grade_notebook(path, execute=False)  # nbval runs the book's notebooks
     assert student.problem is None, student.problem
     assert student.errors == []  # a check reports a stub ("not yet."), it does not raise
     assert not any(e.passed for e in student.exercises)
