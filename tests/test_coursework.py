@@ -246,6 +246,10 @@ GAMING = {
         "receptive_field",
         "import coatlib.teaching.exercises._base as b\n    b._compare_number = lambda *a, **k: None\n    return 0",
     ),
+    # a wrong answer, and a class whose body (run when it is defined) patches the check module
+    "patches-when-defined": lambda nb: solve(nb, "receptive_field", "return 0").cells.append(
+        new_code_cell("class Sneaky:\n    import coatlib.teaching.exercises._base as b\n    b._compare_number = print")
+    ),
     # the library's shortcut, which the exercise forbids
     "uses-conv2d": lambda nb: solve(
         nb, "depthwise_conv", "return F.conv2d(x, weight, padding=weight.shape[-1] // 2, groups=x.shape[1])"
@@ -291,6 +295,7 @@ def test_gaming_submissions_fail_and_a_class_grades_to_a_csv(tmp_path, capsys):
     assert feedback["forges-records"].count("raises NotImplementedError") == 3
     assert feedback["deletes-check-cells"].count("raises NotImplementedError") == 3
     assert "changed coatlib.teaching.exercises._base._compare_number" in feedback["patches-when-called"]
+    assert feedback["patches-when-defined"].count("the submission changed coatlib.teaching.exercises._base") == 3
     assert "calls conv2d" in feedback["uses-conv2d"]
     assert "no function depthwise_conv defined with def" in feedback["assigns-unfold-version"]
     assert "calls the chapter's depthwise_conv_unfold" in feedback["wraps-unfold-version"]
@@ -415,3 +420,22 @@ def test_the_grader_knows_every_code_exercise_of_the_chapter(path):
     for label, cells in plan.items():
         assert cw._checks_of(nb, cells) == [registered[label].check]
         assert f"def {registered[label].function}(" in definitions
+
+
+def test_only_imports_definitions_and_constants_reach_the_grading_process():
+    nb = new_notebook(
+        cells=[
+            new_code_cell("%pip install nothing\nimport math\nK = 3\nmodel = make_model()"),
+            new_code_cell(
+                "def f(x):\n    return x + K\n\nimport coatlib.teaching.exercises._base as b\nb._compare = None"
+            ),
+            new_code_cell("def broken(:"),
+            new_markdown_cell("def g(): pass"),
+        ]
+    )
+    assert cw.submitted_definitions(nb) == [
+        "import math",
+        "K = 3",
+        "def f(x):\n    return x + K",
+        "import coatlib.teaching.exercises._base as b",
+    ]

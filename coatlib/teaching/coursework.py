@@ -327,9 +327,10 @@ def _execute(nb, folder: Path, timeout: float) -> str | None:
 
 
 def submitted_definitions(nb) -> list[str]:
-    """The submission's imports and top-level ``def``/``class`` statements, in the order of its code cells:
-    what the fresh grading process defines before it runs the checks. Everything else (loops, prints,
-    assignments, attribute changes such as monkeypatching a check) is left out. Cells that are not
+    """The submission's imports, top-level ``def``/``class`` statements and constants (``NAME = literal``),
+    in the order of its code cells: what the fresh grading process defines before it runs the checks.
+    Everything else (loops, prints, other assignments, attribute changes such as monkeypatching a
+    check) is left out. Cells that are not
     valid Python (after IPython's ``%``/``!`` lines are dropped) are skipped; the fresh process runs each
     statement on its own, so one that fails (an import not installed there) does not stop the others."""
     import ast
@@ -346,7 +347,22 @@ def submitted_definitions(nb) -> list[str]:
         for node in tree.body:
             if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 kept.append(ast.unparse(node))
+            elif _is_constant(node):
+                kept.append(ast.unparse(node))
     return kept
+
+
+def _is_constant(node) -> bool:
+    """``NAME = literal`` (a number, a string, a tuple of them ...): a constant a function may use."""
+    import ast
+
+    if not isinstance(node, ast.Assign) or not all(isinstance(t, ast.Name) for t in node.targets):
+        return False
+    try:
+        ast.literal_eval(node.value)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
+    return True
 
 
 def _run_checks(source: list[str], exercises, timeout: float) -> dict[str, tuple[bool, str]]:
