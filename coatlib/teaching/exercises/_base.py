@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import numbers
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -46,6 +47,7 @@ def _check(body: Callable[[Callable], None]) -> Callable[..., CheckResult]:
                 raise Wrong(
                     f"expected your function, got {type(fn).__name__}: pass the function itself, without calling it."
                 )
+            _refuse_library_function(fn)
             body(fn)
             result = CheckResult(name, True, "correct")
         except Wrong as e:
@@ -58,10 +60,88 @@ def _check(body: Callable[[Callable], None]) -> Callable[..., CheckResult]:
     return check
 
 
-def _call(fn: Callable, *args):
-    """Call the reader's function; turn any exception into a report that names the call."""
+def _refuse_library_function(fn: Callable) -> None:
+    """A check grades the reader's function: one of coatlib's or PyTorch's own is refused by name."""
+    module = getattr(fn, "__module__", None) or ""
+    if module.split(".")[0] in ("coatlib", "torch"):
+        raise Wrong(
+            f"{module}.{_name(fn)} is the library's function, not yours: write your own and pass that to the check."
+        )
+
+
+@dataclass(frozen=True)
+class Forbidden:
+    """A library call an exercise asks the reader not to use: ``owner.attr`` (``owner=None``: a name in the
+    reader's own namespace, e.g. a function the chapter defined), unless ``allowed(*args, **kwargs)``."""
+
+    owner: Any
+    attr: str
+    label: str
+    allowed: Callable[..., bool] | None = None
+
+
+class _ForbiddenCall(Exception):
+    def __init__(self, label: str):
+        super().__init__(label)
+        self.label = label
+
+
+@contextlib.contextmanager
+def _forbidding(fn: Callable, forbidden: Sequence[Forbidden]):
+    """Replace each forbidden function, and every name in ``fn``'s globals bound to it, by one that raises."""
+    names = getattr(fn, "__globals__", {})
+    undo = []
+    for rule in forbidden:
+        original = getattr(rule.owner, rule.attr, None) if rule.owner is not None else names.get(rule.attr)
+        if original is None:
+            continue
+
+        def refuse(*args, _original=original, _rule=rule, **kwargs):
+            if _rule.allowed is not None and _rule.allowed(*args, **kwargs):
+                return _original(*args, **kwargs)
+            raise _ForbiddenCall(_rule.label)
+
+        if rule.owner is not None:
+            undo.append((rule.owner, rule.attr, original))
+            setattr(rule.owner, rule.attr, refuse)
+        for name, value in list(names.items()):
+            if value is original:
+                undo.append((names, name, value))
+                names[name] = refuse
     try:
-        return fn(*args)
+        yield
+    finally:
+        for owner, attr, value in reversed(undo):
+            if isinstance(owner, dict):
+                owner[attr] = value
+            else:
+                setattr(owner, attr, value)
+
+
+def _references() -> list[Forbidden]:
+    """The private reference answers: a reader's function may not call them either."""
+    import inspect
+
+    from coatlib.teaching.exercises import _solutions
+
+    label = "the book's reference answer (coatlib.teaching.exercises._solutions)"
+    return [
+        Forbidden(_solutions, name, label)
+        for name, value in vars(_solutions).items()
+        if inspect.isfunction(value) and value.__module__ == _solutions.__name__
+    ]
+
+
+def _call(fn: Callable, *args, forbidden: Sequence[Forbidden] = ()):
+    """Call the reader's function (with the ``forbidden`` library calls made to raise); turn any exception
+    into a report that names the call."""
+    try:
+        with _forbidding(fn, [*forbidden, *_references()]):
+            return fn(*args)
+    except _ForbiddenCall as e:
+        raise Wrong(
+            f"{_name(fn)} calls {e.label}, which this exercise asks you not to use: compute it yourself."
+        ) from None
     except NotImplementedError:
         raise Wrong(f"{_name(fn)} raises NotImplementedError: replace the stub with your code.") from None
     except Exception as e:  # the reader's bug, reported, not raised
@@ -87,7 +167,9 @@ def _compare(got, want: torch.Tensor, call: str, axes: Sequence[str], hints: Seq
     """
     if not isinstance(got, torch.Tensor):
         raise Wrong(f"{call} returned a {type(got).__name__}; return a torch.Tensor of shape {tuple(want.shape)}.")
-    got = got.detach().cpu()
+    if type(got) is not torch.Tensor and not isinstance(got, torch.nn.Parameter):
+        raise Wrong(f"{call} returned a {type(got).__name__}; return a plain torch.Tensor.")
+    got = torch.Tensor.detach(got).cpu()
     exact = not want.is_floating_point()
     if exact and got.is_floating_point():
         raise Wrong(f"{call} returned a {got.dtype} tensor; return integers (torch.long) that can index a table.")
@@ -104,7 +186,7 @@ def _compare(got, want: torch.Tensor, call: str, axes: Sequence[str], hints: Seq
             f"{call}: {int(bad.sum())} of {bad.numel()} values are wrong; the first at [{where}] is "
             f"{g:.5g}, expected {w:.5g}."
         )
-        raise Wrong(msg + _hint(got, bad, hints))
+        raise Wrong(msg + _hint(got, bad, [*hints, _tensor_factor(want)]))
 
 
 def _hint(got: torch.Tensor, bad: torch.Tensor | None, hints: Sequence[Hint]) -> str:
@@ -120,14 +202,58 @@ def _hint(got: torch.Tensor, bad: torch.Tensor | None, hints: Sequence[Hint]) ->
     return ""
 
 
+def _factor_hint(got: float, want: float) -> str:
+    """A hint when the answer is the expected one times a factor (halved, doubled, negated...)."""
+    if not want or not got:
+        return ""
+    return f" Hint: your answer is {got / want:.4g} times the expected one: look for a factor you added or left out."
+
+
+def _tensor_factor(want: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], str | None]:
+    """A hint function: every value is ``want`` times the same factor."""
+
+    def hint(got: torch.Tensor, bad: torch.Tensor) -> str | None:
+        nonzero = want.abs() > 1e-6
+        if not nonzero.any() or not want.is_floating_point():
+            return None
+        ratio = (got[nonzero] / want[nonzero]).median()
+        if ratio.isfinite() and abs(ratio - 1) > 1e-3 and torch.allclose(got, want * ratio, rtol=1e-4, atol=1e-6):
+            return f"every value is {ratio.item():.4g} times the expected one: look for a factor you added or left out."
+        return None
+
+    return hint
+
+
 def _compare_number(got, want: int, call: str, hints: Sequence[tuple[int, str]] = ()) -> None:
+    got = _plain_number(got, call)
+    if got != want:
+        hint = next((text for value, text in hints if got == value), None)
+        raise Wrong(
+            f"{call} returned {got:,}, expected {want:,}." + (" Hint: " + hint if hint else _factor_hint(got, want))
+        )
+
+
+def _plain_number(got, call: str) -> float | int:
+    """``got`` as a plain int or float (a subclass could redefine ``==``)."""
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.item()
     if not isinstance(got, numbers.Real) or isinstance(got, bool):
         raise Wrong(f"{call} returned a {type(got).__name__}; return a number.")
-    if got != want:
-        hint = next((" Hint: " + text for value, text in hints if got == value), "")
-        raise Wrong(f"{call} returned {got:,}, expected {want:,}.{hint}")
+    return int(got) if isinstance(got, numbers.Integral) else float(got)
+
+
+def counters() -> tuple[Forbidden, ...]:
+    """The MAC counters a counting exercise must not ask: the reader counts, the check measures."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import coatlib
+    import coatlib.flops
+
+    return (
+        *(Forbidden(owner, "count_macs", "coatlib's count_macs") for owner in (coatlib, coatlib.flops)),
+        *(Forbidden(owner, "count_flops", "coatlib's count_flops") for owner in (coatlib, coatlib.flops)),
+        Forbidden(FlopCounterMode, "__init__", "PyTorch's FlopCounterMode"),
+    )
 
 
 def _randn(g: torch.Generator, *shape: int) -> torch.Tensor:

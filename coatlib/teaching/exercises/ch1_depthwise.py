@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from coatlib.blocks import MBConv
 from coatlib.flops import count_macs
 from coatlib.teaching.exercises._base import (
+    Forbidden,
     Hint,
     _call,
     _check,
@@ -17,6 +18,16 @@ from coatlib.teaching.exercises._base import (
     _compare_number,
     _name,
     _randn,
+    counters,
+)
+from coatlib.teaching.exercises._solutions import receptive_field_of
+
+NO_CONVOLUTION = (
+    Forbidden(F, "conv2d", "conv2d (F.conv2d, nn.Conv2d or DepthwiseConv)"),
+    Forbidden(torch, "conv2d", "torch.conv2d"),
+    Forbidden(F, "unfold", "F.unfold (or nn.Unfold)"),
+    Forbidden(torch.Tensor, "unfold", "Tensor.unfold"),
+    Forbidden(None, "depthwise_conv_unfold", "the chapter's depthwise_conv_unfold"),
 )
 
 
@@ -29,7 +40,7 @@ def check_depthwise_conv(fn: Callable) -> None:
         x, w = _randn(g, B, C, H, W), _randn(g, C, 1, k, k)
         p = k // 2
         want = F.conv2d(x, w, padding=p, groups=C)
-        got = _call(fn, x.clone(), w.clone())
+        got = _call(fn, x.clone(), w.clone(), forbidden=NO_CONVOLUTION)
         hints: list[Hint] = [
             (
                 F.conv2d(x, w, groups=C),
@@ -48,6 +59,11 @@ def check_depthwise_conv(fn: Callable) -> None:
             (
                 F.conv2d(x, w[:1].expand(C, -1, -1, -1), padding=p, groups=C),
                 "every channel used the kernel of channel 0; channel c uses weight[c, 0].",
+            ),
+            (
+                F.conv2d(x, w, padding=p, groups=C)[..., :H, :W].roll((1, 1), (-2, -1)),
+                "the output is shifted by one pixel: the window of offset (a, b) starts at row a, column b of the "
+                "padded input.",
             ),
             lambda got, bad: _border_only(bad, p),
         ]
@@ -87,17 +103,7 @@ def check_mbconv_macs(fn: Callable) -> None:
             (h * w * e * k * k + 2 * e * r, "add the two 1x1 convs: the expansion c -> 4c and the projection 4c -> c."),
             (h * w * c * c * k * k, "that is a standard k x k convolution from c to c channels."),
         ]
-        _compare_number(_call(fn, c, k, h, w), want, f"{_name(fn)}{(c, k, h, w)}", hints)
-
-
-def receptive_field(kernel_sizes: Sequence[int], strides: Sequence[int]) -> int:
-    """Receptive field of a stack of convolutions: each layer adds ``(k - 1)`` times the product of
-    the strides before it (the distance, in input pixels, between its neighbouring inputs)."""
-    size, step = 1, 1
-    for k, s in zip(kernel_sizes, strides):
-        size += (k - 1) * step
-        step *= s
-    return size
+        _compare_number(_call(fn, c, k, h, w, forbidden=counters()), want, f"{_name(fn)}{(c, k, h, w)}", hints)
 
 
 @_check
@@ -113,7 +119,7 @@ def check_receptive_field(fn: Callable) -> None:
         ([2, 3, 3], [2, 1, 2]),
     ]
     for ks, ss in cases:
-        want = receptive_field(ks, ss)
+        want = receptive_field_of(ks, ss)
         steps_after = [1]
         for s in ss:
             steps_after.append(steps_after[-1] * s)
@@ -127,5 +133,10 @@ def check_receptive_field(fn: Callable) -> None:
                 "a layer's own stride does not widen its own window; it spreads the inputs of the layers after it.",
             ),
             (sum(ks), "a stack of two 3x3 convs sees 5 pixels, not 6: each layer adds k - 1."),
+            (
+                sum(k - 1 for k in ks) * steps_after[-1] + 1,
+                "each layer's k - 1 is multiplied by the strides *before* it only, not by all of them.",
+            ),
+            (want - 1, "count the output pixel itself: a single 3x3 conv sees 3 pixels (start the sum at 1)."),
         ]
         _compare_number(_call(fn, list(ks), list(ss)), want, f"{_name(fn)}({ks}, {ss})", hints)

@@ -10,21 +10,16 @@ import torch.nn.functional as F
 from coatlib.attention import MultiHeadAttention
 from coatlib.flops import count_macs
 from coatlib.teaching.exercises._base import (
+    Forbidden,
     _call,
     _check,
     _compare,
     _compare_number,
     _name,
     _randn,
+    counters,
 )
-
-
-def masked_attention(q, k, v, keep):
-    """Reference: scaled dot-product attention in which query ``i`` only sees the keys ``j`` with
-    ``keep[i, j]``; a query that keeps no key returns zeros."""
-    scores = (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).masked_fill(~keep, float("-inf"))
-    weights = scores.softmax(-1).nan_to_num(0.0)  # a row of -inf only gives NaN: no key, no output
-    return weights @ v
+from coatlib.teaching.exercises._solutions import attention_with_mask
 
 
 @_check
@@ -40,7 +35,8 @@ def check_masked_attention(fn: Callable) -> None:
         keep = torch.rand(q_shape[-2], kv_shape[-2], generator=g) < p
         keep[0] = False  # the first query keeps no key at all
         keep[1] = True  # the second keeps every key
-        want = masked_attention(q, k, v, keep)
+        want = attention_with_mask(q, k, v, keep)
+        d = q.shape[-1]
         scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
         hints = [
             (
@@ -55,7 +51,16 @@ def check_masked_attention(fn: Callable) -> None:
                 scores.masked_fill(keep, float("-inf")).softmax(-1).nan_to_num(0.0) @ v,
                 "keep[i, j] = True means query i may attend to key j: mask where keep is False.",
             ),
-            (masked_attention(q * q.shape[-1] ** 0.5, k, v, keep), "divide the scores by sqrt(d) before the softmax."),
+            (attention_with_mask(q * d**0.5, k, v, keep), "divide the scores by sqrt(d) before the softmax."),
+            (
+                attention_with_mask(q / d**0.5, k, v, keep),
+                "you divided the scores by d; divide by sqrt(d) (q.shape[-1] ** 0.5).",
+            ),
+            (
+                scores.masked_fill(~keep, float("-inf")).softmax(-2).nan_to_num(0.0) @ v,
+                "the softmax runs over the keys, the last axis (dim=-1): each query's weights sum to 1; yours "
+                "normalise over the queries.",
+            ),
         ]
 
         def nan_hint(got, bad):
@@ -67,7 +72,8 @@ def check_masked_attention(fn: Callable) -> None:
 
         call = f"{_name(fn)}(q, k, v, keep) with q of shape {q_shape}, k and v of shape {kv_shape}"
         axes = ("batch", "head")[: len(q_shape) - 2] + ("query", "channel")
-        _compare(_call(fn, q, k, v, keep), want, call, axes, [nan_hint, *hints])
+        sdpa = Forbidden(F, "scaled_dot_product_attention", "F.scaled_dot_product_attention")
+        _compare(_call(fn, q, k, v, keep, forbidden=[sdpa]), want, call, axes, [nan_hint, *hints])
 
 
 @_check
@@ -94,7 +100,8 @@ def check_patchify(fn: Callable) -> None:
             (want.transpose(1, 2), "tokens go along dimension 1: return (B, N, C*p*p)."),
         ]
         call = f"{_name(fn)}(images, {p}) with images of shape {(B, C, H, W)}"
-        _compare(_call(fn, x, p), want, call, ("batch", "token", "feature"), hints)
+        unfold = Forbidden(F, "unfold", "F.unfold (or nn.Unfold)")
+        _compare(_call(fn, x, p, forbidden=[unfold]), want, call, ("batch", "token", "feature"), hints)
 
 
 @_check
@@ -118,4 +125,4 @@ def check_attention_macs(fn: Callable) -> None:
                 "there are two attention products: q k^T (n x n scores) and A v; each costs n^2 dim.",
             ),
         ]
-        _compare_number(_call(fn, n, dim), want, f"{_name(fn)}({n}, {dim})", hints)
+        _compare_number(_call(fn, n, dim, forbidden=counters()), want, f"{_name(fn)}({n}, {dim})", hints)

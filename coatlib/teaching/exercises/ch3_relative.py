@@ -6,14 +6,31 @@ from typing import Callable
 
 import torch
 
+import coatlib.attention
 from coatlib.attention import relative_position_index
 from coatlib.teaching.exercises._base import (
+    Forbidden,
     _call,
     _check,
     _compare,
     _name,
     _randn,
 )
+from coatlib.teaching.exercises._solutions import bias_with_clipping
+
+NO_INDEX = (Forbidden(coatlib.attention, "relative_position_index", "coatlib's relative_position_index"),)
+
+
+def _offset_hint(want: torch.Tensor, what: str):
+    """A hint function: every index is off by the same number."""
+
+    def hint(got: torch.Tensor, bad: torch.Tensor) -> str | None:
+        shift = (got - want).unique()
+        if len(shift) == 1:
+            return f"every index is off by {shift.item():+d}: {what}"
+        return None
+
+    return hint
 
 
 @_check
@@ -36,27 +53,16 @@ def check_relative_index(fn: Callable) -> None:
                 "offsets run from -(H-1) to H-1: add H - 1 to dy and W - 1 to dx so that indices start at 0.",
             ),
             ((dy + H - 1) * (2 * H - 1) + (dx + W - 1), "the row stride is 2W - 1 (the table's width), not 2H - 1."),
+            (
+                (dx + W - 1) * (2 * H - 1) + (dy + H - 1),
+                "rows and columns are swapped: the row of the table is dy + H - 1, its column dx + W - 1.",
+            ),
+            _offset_hint(
+                want, "offset (-(H-1), -(W-1)) is entry 0: add exactly H - 1 to dy and W - 1 to dx (an off-by-one)."
+            ),
         ]
-        _compare(_call(fn, H, W), want, f"{_name(fn)}({H}, {W})", ("query", "key"), hints)
-
-
-def relative_attention(q, k, v, table: torch.Tensor, softmax: str = "pre") -> torch.Tensor:
-    """Reference Eq. 3: ``q, k, v (B, heads, N, d)`` on an ``H x W`` map, ``table (heads, 2H-1, 2W-1)``."""
-    H, W = (table.shape[1] + 1) // 2, (table.shape[2] + 1) // 2
-    bias = table.flatten(1)[:, relative_position_index(H, W)]
-    scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
-    weights = (scores + bias).softmax(-1) if softmax == "pre" else scores.softmax(-1) + bias
-    return weights @ v
-
-
-def clipped_bias(table: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    """Reference: the ``(heads, N, N)`` bias of an ``H x W`` map from a table of ``(heads, 2K+1, 2L+1)``
-    entries for the offsets ``-K..K`` (rows) and ``-L..L`` (columns); larger offsets are clipped."""
-    K, L = (table.shape[-2] - 1) // 2, (table.shape[-1] - 1) // 2
-    rows, cols = torch.arange(H * W) // W, torch.arange(H * W) % W
-    dy = (rows[:, None] - rows[None, :]).clamp(-K, K) + K
-    dx = (cols[:, None] - cols[None, :]).clamp(-L, L) + L
-    return table[:, dy, dx]
+        got = _call(fn, H, W, forbidden=NO_INDEX)
+        _compare(got, want, f"{_name(fn)}({H}, {W})", ("query", "key"), hints)
 
 
 @_check
@@ -67,12 +73,12 @@ def check_clipped_bias(fn: Callable) -> None:
     g = torch.Generator().manual_seed(3)
     for heads, K, L, H, W in [(2, 1, 1, 4, 4), (1, 2, 1, 3, 5), (3, 2, 3, 5, 4), (1, 3, 3, 3, 3)]:
         table = _randn(g, heads, 2 * K + 1, 2 * L + 1)
-        want = clipped_bias(table, H, W)
+        want = bias_with_clipping(table, H, W)
         rows, cols = torch.arange(H * W) // W, torch.arange(H * W) % W
         dy, dx = rows[:, None] - rows[None, :], cols[:, None] - cols[None, :]
         hints = [
             (
-                clipped_bias(table.flip(-2, -1), H, W),
+                bias_with_clipping(table.flip(-2, -1), H, W),
                 "the bias is w[i - j]: use pos(i) - pos(j) (query minus key), not pos(j) - pos(i).",
             ),
             (
@@ -83,9 +89,17 @@ def check_clipped_bias(fn: Callable) -> None:
                 table[:, (dy % (2 * K + 1)), (dx % (2 * L + 1))],
                 "clip the offsets into -K..K with clamp; wrapping them around (%) gives far tokens a near token's bias.",
             ),
+            (
+                table[:, dy.clamp(-K + 1, K - 1) + K, dx.clamp(-L + 1, L - 1) + L],
+                "you clipped to -(K-1)..K-1: the table holds the offsets -K..K, so clamp(-K, K), then add K.",
+            ),
+            (
+                table[:, dx.clamp(-K, K) + K, dy.clamp(-L, L) + L] if K == L else table[:, :0],
+                "rows and columns are swapped: dy (the row offset) indexes the table's rows.",
+            ),
         ]
         call = f"{_name(fn)}(table of shape {tuple(table.shape)}, {H}, {W})"
-        _compare(_call(fn, table, H, W), want, call, ("head", "query", "key"), hints)
+        _compare(_call(fn, table, H, W, forbidden=NO_INDEX), want, call, ("head", "query", "key"), hints)
 
 
 @_check
@@ -110,6 +124,8 @@ def check_static_kernel(fn: Callable) -> None:
                 table.flatten().softmax(0).view_as(table)[row : row + H, col : col + W].flip(0, 1),
                 "normalise over the H x W positions of the map only, not over the whole table.",
             ),
+            (window.softmax(0), "one softmax over all H x W positions together; yours normalises each column."),
+            (window.softmax(1), "one softmax over all H x W positions together; yours normalises each row."),
         ]
         call = f"{_name(fn)}(table, {row}, {col}) for a {H}x{W} map"
         _compare(_call(fn, table, row, col), want, call, ("row", "col"), hints)

@@ -7,9 +7,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+import coatlib.attention
 from coatlib.attention import resize_table
 from coatlib.blocks import TransformerBlock
+from coatlib.models.coatnet import CoAtNet
 from coatlib.teaching.exercises._base import (
+    Forbidden,
     Wrong,
     _call,
     _check,
@@ -18,17 +21,10 @@ from coatlib.teaching.exercises._base import (
     _name,
     _randn,
 )
+from coatlib.teaching.exercises._solutions import bias_table_params
 
-
-def bias_params(config, image_size: int) -> int:
-    """Reference: relative-bias parameters of a CoAtNet built from ``config`` for square images of
-    ``image_size`` pixels: every Transformer block of S3 (map ``image_size / 16``) and S4 (``/ 32``)
-    has ``width / head_dim`` heads with a ``(2H-1) x (2W-1)`` table each."""
-    total = 0
-    for stage, (depth, width) in enumerate(zip(config.depths[2:], config.widths[2:]), start=3):
-        side = image_size // 2 ** (stage + 1)
-        total += depth * (width // config.head_dim) * (2 * side - 1) ** 2
-    return total
+NO_MODEL = (Forbidden(CoAtNet, "__init__", "CoAtNet(...) (building the model)"),)
+NO_BLOCK = (Forbidden(TransformerBlock, "__init__", "TransformerBlock(...) (building the block)"),)
 
 
 @_check
@@ -46,7 +42,7 @@ def check_bias_params(fn: Callable) -> None:
         ("coatnet_pico", 64),
     ]:
         config = CONFIGS[name]
-        want = bias_params(config, size)
+        want = bias_table_params(config, size)
         s3, s4 = size // 16, size // 32
         d3, d4 = config.depths[2:]
         h3, h4 = (w // config.head_dim for w in config.widths[2:])
@@ -69,7 +65,8 @@ def check_bias_params(fn: Callable) -> None:
                 "offsets run from -(H-1) to H-1: 2H - 1 of them.",
             ),
         ]
-        _compare_number(_call(fn, config, size), want, f"{_name(fn)}(CONFIGS[{name!r}], {size})", hints)
+        got = _call(fn, config, size, forbidden=NO_MODEL)
+        _compare_number(got, want, f"{_name(fn)}(CONFIGS[{name!r}], {size})", hints)
 
 
 @_check
@@ -109,7 +106,8 @@ def check_transformer_params(fn: Callable) -> None:
                 "the FFN expands the block's output width by 4: out_dim -> 4 out_dim -> out_dim.",
             ),
         ]
-        _compare_number(_call(fn, cin, cout, (h, w), hd), want, f"{_name(fn)}({cin}, {cout}, {(h, w)}, {hd})", hints)
+        got = _call(fn, cin, cout, (h, w), hd, forbidden=NO_BLOCK)
+        _compare_number(got, want, f"{_name(fn)}({cin}, {cout}, {(h, w)}, {hd})", hints)
 
 
 @_check
@@ -135,9 +133,14 @@ def check_resize_table(fn: Callable) -> None:
                 F.interpolate(table[None], size=size, mode="bicubic", align_corners=True)[0],
                 "interpolate bilinearly, not bicubically.",
             ),
+            (
+                F.interpolate(table[None], size=size[::-1], mode="bilinear", align_corners=True)[0],
+                "the new size is (2H' - 1, 2W' - 1) in that order: rows from H', columns from W'.",
+            ),
         ]
         call = f"{_name(fn)}(table of shape {tuple(table.shape)}, {(h2, w2)})"
-        got = _call(fn, table, (h2, w2))
+        library = Forbidden(coatlib.attention, "resize_table", "coatlib's resize_table")
+        got = _call(fn, table, (h2, w2), forbidden=[library])
         if isinstance(got, torch.Tensor) and tuple(got.shape) == (heads, h2, w2):
             raise Wrong(
                 f"{call} returned shape {tuple(got.shape)}; the table of an H' x W' map has one entry per offset: "

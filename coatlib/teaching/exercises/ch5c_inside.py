@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from coatlib.inspection import bias_locality, effective_receptive_field
-from coatlib.teaching.exercises._base import Wrong, _call, _check, _compare, _name
+import coatlib.inspection
+from coatlib.inspection import effective_receptive_field
+from coatlib.teaching.exercises._base import (
+    Forbidden,
+    Wrong,
+    _call,
+    _check,
+    _compare,
+    _factor_hint,
+    _name,
+    _plain_number,
+)
+from coatlib.teaching.exercises._solutions import gaussian_bump, locality_of_flat_table
 
 
 @_check
@@ -47,13 +57,9 @@ def check_centre_gradient(fn: Callable) -> None:
             (raw("centre", absolute=False), "take the absolute value of the gradient before averaging."),
             (raw("all"), "differentiate only the centre output position, not the sum of the whole map."),
         ]
-        _compare(_call(fn, net, images.clone()), want, f"{_name(fn)}(net, images)", ("row", "col"), hints)
-
-
-def flat_locality(H: int, W: int, radius: int) -> float:
-    """Reference: the share of keys within ``radius`` (in rows and in columns) of a query, averaged over
-    the queries of an ``H x W`` map: the locality ``bias_locality`` gives a flat table."""
-    return bias_locality(torch.zeros(1, 2 * H - 1, 2 * W - 1), radius).item()
+        library = Forbidden(coatlib.inspection, "effective_receptive_field", "coatlib's effective_receptive_field")
+        got = _call(fn, net, images.clone(), forbidden=[library])
+        _compare(got, want, f"{_name(fn)}(net, images)", ("row", "col"), hints)
 
 
 @_check
@@ -61,31 +67,28 @@ def check_flat_locality(fn: Callable) -> None:
     """``fn(H, W, radius)``: the locality of a flat bias table (every head attends uniformly): the share of
     the ``H W`` keys with ``|dy| <= radius`` and ``|dx| <= radius``, averaged over the queries."""
     for H, W, radius in [(8, 8, 1), (4, 4, 1), (8, 8, 2), (5, 3, 1), (6, 6, 0)]:
-        got = _call(fn, H, W, radius)
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
+        library = Forbidden(coatlib.inspection, "bias_locality", "coatlib's bias_locality")
         call = f"{_name(fn)}({H}, {W}, {radius})"
-        if not isinstance(got, numbers.Real) or isinstance(got, bool):
-            raise Wrong(f"{call} returned a {type(got).__name__}; return a number.")
-        want = flat_locality(H, W, radius)
+        got = _plain_number(_call(fn, H, W, radius, forbidden=[library]), call)
+        want = locality_of_flat_table(H, W, radius)
         if abs(got - want) > 1e-6:
             side = 2 * radius + 1
             hints = [
                 (side * side / (H * W), "queries at the border have fewer neighbours: count them per query."),
                 (want * H * W, "return a share of the H W keys, not a count."),
                 (min(side, H) * min(side, W) / (H * W), "count the neighbours of each query, then average."),
+                (
+                    locality_of_flat_table(H, W, radius + 1) if radius < min(H, W) else -1,
+                    "radius 1 means |dy| <= 1 and |dx| <= 1 (a 3 x 3 neighbourhood); yours is one wider.",
+                ),
+                (
+                    locality_of_flat_table(H, W, radius - 1) if radius > 0 else -1,
+                    "|dy| <= radius includes the distance radius itself (<=, not <).",
+                ),
             ]
-            hint = next((" Hint: " + text for value, text in hints if abs(got - value) < 1e-6), "")
+            hint = next((" Hint: " + text for value, text in hints if abs(got - value) < 1e-6), None)
+            hint = hint or _factor_hint(got, want)
             raise Wrong(f"{call} returned {got:.5g}, expected {want:.5g}.{hint}")
-
-
-def gaussian_table(H: int, W: int, sigma: float) -> torch.Tensor:
-    """Reference: a ``(2H-1, 2W-1)`` bias table that is a Gaussian bump at offset (0, 0) in log space,
-    ``w[dy, dx] = -(dy^2 + dx^2) / (2 sigma^2)``: with zero content, attention ``exp(w)`` falls off as a
-    Gaussian of standard deviation ``sigma`` around the query."""
-    dy = torch.arange(-(H - 1), H, dtype=torch.float32)[:, None]
-    dx = torch.arange(-(W - 1), W, dtype=torch.float32)[None]
-    return -(dy**2 + dx**2) / (2 * sigma**2)
 
 
 @_check
@@ -93,7 +96,7 @@ def check_gaussian_table(fn: Callable) -> None:
     """``fn(H, W, sigma)``: the ``(2H-1, 2W-1)`` table ``w[dy, dx] = -(dy^2 + dx^2) / (2 sigma^2)``, row
     ``dy + H - 1`` and column ``dx + W - 1`` for the offset ``(dy, dx)``."""
     for H, W, sigma in [(4, 4, 1.0), (8, 8, 1.5), (3, 5, 0.7)]:
-        want = gaussian_table(H, W, sigma)
+        want = gaussian_bump(H, W, sigma)
         got = _call(fn, H, W, sigma)
         if isinstance(got, torch.Tensor) and got.shape != want.shape:
             raise Wrong(

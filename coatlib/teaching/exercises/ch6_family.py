@@ -8,8 +8,10 @@ from typing import Callable
 import torch
 
 from coatlib.layers import make_divisible
+from coatlib.models import swin
 from coatlib.models.swin import shift_mask, window_partition
 from coatlib.teaching.exercises._base import (
+    Forbidden,
     Wrong,
     _call,
     _check,
@@ -86,7 +88,8 @@ def check_shift_mask(fn: Callable) -> None:
     for h, w, win, s in [(8, 8, 4, 2), (12, 8, 4, 2), (14, 14, 7, 3), (6, 9, 3, 1)]:
         want = shift_mask(h, w, win, (s, s)) != 0
         call = f"{_name(fn)}{(h, w, win, s)}"
-        got = _call(fn, h, w, win, s)
+        library = Forbidden(swin, "shift_mask", "coatlib's shift_mask")
+        got = _call(fn, h, w, win, s, forbidden=[library])
         if isinstance(got, torch.Tensor) and got.dtype != torch.bool:
             raise Wrong(f"{call} returned a {got.dtype} tensor; return a bool tensor, True where attention is masked.")
         n = h // win * (w // win)

@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils.data import DistributedSampler
 
+import coatlib.memory
 from coatlib.teaching.exercises._base import (
+    Forbidden,
     Wrong,
     _call,
     _check,
@@ -61,7 +63,8 @@ def check_channels_last_strides(fn: Callable) -> None:
                 "of W is C (the next pixel starts C elements later).",
             ),
         ]
-        _compare_sequence(_call(fn, shape), want, f"{_name(fn)}({shape})", hints)
+        asking = Forbidden(torch.Tensor, "stride", "Tensor.stride (asking PyTorch)")
+        _compare_sequence(_call(fn, shape, forbidden=[asking]), want, f"{_name(fn)}({shape})", hints)
 
 
 class _DtypeSpy(TorchFunctionMode):
@@ -150,7 +153,9 @@ def check_shard_indices(fn: Callable) -> None:
                     "repeat the first indices until there are ceil(n / world) * world of them.",
                 ),
             ]
-            _compare_sequence(_call(fn, n, world, rank), want, f"{_name(fn)}({n}, {world}, {rank})", hints)
+            sampler = Forbidden(DistributedSampler, "__init__", "DistributedSampler")
+            got = _call(fn, n, world, rank, forbidden=[sampler])
+            _compare_sequence(got, want, f"{_name(fn)}({n}, {world}, {rank})", hints)
 
 
 def _shard_gradients(
@@ -245,4 +250,5 @@ def check_fsdp_state_bytes(fn: Callable) -> None:
                 f"are equal (the last one padded), ceil(n_params / gpus).",
             ),
         ]
-        _compare_number(_call(fn, n, gpus), 16 * shard, f"{_name(fn)}({n:,}, {gpus})", hints)
+        planner = Forbidden(coatlib.memory, "plan", "coatlib.memory.plan")
+        _compare_number(_call(fn, n, gpus, forbidden=[planner]), 16 * shard, f"{_name(fn)}({n:,}, {gpus})", hints)
