@@ -85,7 +85,7 @@ def install_source(url: str, branch: str) -> str:
         "    import coatlib\n"
         "except ImportError:  # e.g. in Colab: install the book's library from its repository\n"
         f'    repo = "{url}@{branch}"\n'
-        '    %pip install --quiet "coatlib @ git+{repo}"  # IPython fills in {repo}\n'
+        '    %pip install --quiet "coatlib[chapters] @ git+{repo}"  # IPython fills in {repo}\n'
         "    import coatlib"
     )
 
