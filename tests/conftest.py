@@ -4,7 +4,7 @@ The import goes through ``benchmarks/peers.py`` (shared with the benchmarks): a
 normal import first, then, on a CPU-only torch where the CUDA torchvision wheel
 fails in ``torchvision._meta_registrations``, an empty stand-in for that module
 (``../shared/REFERENCE.md`` section 5). Tests that need torchvision are skipped
-when it is still not importable.
+when it is still not importable. ``digits16`` is the small digits set the tests of ``fit`` train on.
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from torch.utils.data import Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from peers import import_peer  # noqa: E402
+
+from coatlib.data import load  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +37,9 @@ def timm():
     if lib is None:
         pytest.skip("timm is not importable here")
     return lib
+
+
+@pytest.fixture(scope="module")
+def digits16():
+    """512 training and all 360 test digits at 16x16: 8 steps of 64 per epoch (tests of fit)."""
+    return Subset(load("digits", "train", image_size=16), range(512)), load("digits", "test", image_size=16)

@@ -37,12 +37,6 @@ def tiny_cnn(num_classes=10, width=8, seed=0, in_chans=3):
     )
 
 
-@pytest.fixture(scope="module")
-def digits16():
-    """512 training and all 360 test digits at 16x16: 8 steps of 64 per epoch."""
-    return Subset(load("digits", "train", image_size=16), range(512)), load("digits", "test", image_size=16)
-
-
 def snapshot(folder):
     """Every file under ``folder`` with its size, modification time and digest: equal when nothing changed."""
     return {
