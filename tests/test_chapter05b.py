@@ -16,9 +16,9 @@ import torch
 import yaml
 
 import coatlib
+from coatlib.artefacts import imagenet_classes
 from coatlib.models import coatnet_rw
 from coatlib.models.coatnet_rw import RW_CONFIGS, per_model_table
-from coatlib.weights import imagenet_classes
 
 nbformat = pytest.importorskip("nbformat")
 

@@ -14,7 +14,8 @@ import torch
 from test_weights import randomize_
 
 import coatlib
-from coatlib import weights
+from coatlib import checkpoints
+from coatlib.models import coatnet_rw_timm
 
 # every rw model: the small ones at full size (14x14 and 7x7 attention maps), the large ones at 64 px
 RW_MODELS = [
@@ -114,7 +115,7 @@ def test_pretrained_offline_fails_at_once(no_hub):
 def test_pretrained_without_network_fails_at_once(no_hub, monkeypatch):
     """Not in offline mode, but the Hub's host cannot be reached: no half minute of retries."""
     monkeypatch.setattr(sys.modules["huggingface_hub.constants"], "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(weights, "hub_reachable", lambda endpoint: False)
+    monkeypatch.setattr(checkpoints, "hub_reachable", lambda endpoint: False)
     with pytest.raises(ConnectionError, match="could not download timm/coatnet_0_rw_224.sw_in1k"):
         coatlib.create_model("coatnet_0_rw", pretrained=True)
 
@@ -141,7 +142,7 @@ def test_pretrained_loads_timms_file_from_the_hub(timm, no_hub, monkeypatch, tmp
 def test_pretrained_coatnet_3_rw_has_the_imagenet_12k_head(timm, no_hub, monkeypatch):
     with torch.device("meta"):
         state = timm.create_model("coatnet_3_rw_224").state_dict()
-        monkeypatch.setattr(weights, "pretrained_state_dict", lambda name: state)
+        monkeypatch.setattr(coatnet_rw_timm, "pretrained_state_dict", lambda name: state)
         model = coatlib.create_model("coatnet_3_rw", pretrained=True)
     assert model.head.out_features == 11821
 

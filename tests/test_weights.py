@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 import coatlib
+from coatlib.models.coatnet_rw_timm import TIMM_OPTIONS
 
 
 def randomize_(model: nn.Module, size: int) -> nn.Module:
@@ -138,13 +139,12 @@ def test_models_without_torchvision_twin_raise_type_error(name):
 
 # ---- timm's CoAtNets --------------------------------------------------------------------------
 
-TIMM_ARCHITECTURE = dict(downsample="dw", pool="avg", se_act="silu", norm_eps=1e-6)
 
 
 def timm_twins(timm, n: int, size: int):
     reference = randomize_(timm.create_model(f"coatnet_{n}_224", img_size=size), size)
     head_dim = 32 if n == 5 else None  # timm's CoAtNet-5 keeps head size 32 (the paper: 64)
-    model = coatlib.create_model(f"coatnet_{n}", image_size=size, head_dim=head_dim, **TIMM_ARCHITECTURE)
+    model = coatlib.create_model(f"coatnet_{n}", image_size=size, head_dim=head_dim, **TIMM_OPTIONS)
     return reference, coatlib.load_timm_weights(model, reference.state_dict()).eval()
 
 
@@ -166,7 +166,7 @@ def test_timm_coatnet_1_3_4_state_dicts_map_completely(timm, n):
     """On the meta device (no memory, no arithmetic): every timm tensor finds its place and shape."""
     with torch.device("meta"):
         reference = timm.create_model(f"coatnet_{n}_224")
-        model = coatlib.create_model(f"coatnet_{n}", **TIMM_ARCHITECTURE)
+        model = coatlib.create_model(f"coatnet_{n}", **TIMM_OPTIONS)
     coatlib.load_timm_weights(model, reference.state_dict())
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters())
 
@@ -185,7 +185,7 @@ def test_timm_coatnet_5_differs_from_the_paper_only_in_head_size(timm):
 
 def test_timm_weights_resize_tables_for_another_image_size(timm):
     reference = randomize_(timm.create_model("coatnet_0_224"), 224)
-    model = coatlib.create_model("coatnet_0", image_size=384, **TIMM_ARCHITECTURE)
+    model = coatlib.create_model("coatnet_0", image_size=384, **TIMM_OPTIONS)
     coatlib.load_timm_weights(model, reference.state_dict())
     table = model.stages[3].blocks[0].attn.relative_bias_table
     assert table.shape == (24, 23, 23)  # 12x12 map at 384 (7x7 at 224)
@@ -194,6 +194,6 @@ def test_timm_weights_resize_tables_for_another_image_size(timm):
 def test_timm_weights_of_another_size_or_model_are_refused(timm):
     state = timm.create_model("coatnet_0_224", img_size=64).state_dict()
     with pytest.raises(ValueError, match="does not fit this CoAtNet: it has nothing for 'stages.1.blocks.3"):
-        coatlib.load_timm_weights(coatlib.create_model("coatnet_1", image_size=64, **TIMM_ARCHITECTURE), state)
+        coatlib.load_timm_weights(coatlib.create_model("coatnet_1", image_size=64, **TIMM_OPTIONS), state)
     with pytest.raises(TypeError, match="C-C-T-T CoAtNets into a coatlib CoAtNet, got ResNet"):
         coatlib.load_timm_weights(coatlib.create_model("resnet18"), state)

@@ -49,3 +49,14 @@ def read_json(name: str):
         return json.loads(read_text(name))
     except json.JSONDecodeError as e:
         raise ValueError(f"coatlib/artefacts/{name} is not valid JSON ({e}): restore it with git") from e
+
+
+def imagenet_classes() -> list[str]:
+    """The names of ImageNet-1k's 1000 classes in the order of a classifier's outputs, e.g.
+    ``imagenet_classes()[281] == "tabby, tabby cat"``: the lemmas of each class's WordNet synset.
+
+    They ship with coatlib (``imagenet_classes.txt``, copied from timm's ``timm/data/_info``), so naming
+    a prediction needs neither timm nor a network.
+    """
+    lines = read_text("imagenet_classes.txt").splitlines()
+    return [line.split("\t", 1)[1] for line in lines if line and not line.startswith("#")]

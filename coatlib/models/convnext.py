@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from coatlib.checkpoints import TORCHVISION_STAGES, Convert, Rename, renamer
 from coatlib.layers import (
     DepthwiseConv,
     DropPath,
@@ -131,3 +132,28 @@ def convnext_base(**kwargs) -> ConvNeXt:
 def convnext_large(**kwargs) -> ConvNeXt:
     """ConvNeXt-L (Liu et al. 2022, section 3): C = (192, 384, 768, 1536), B = (3, 3, 27, 3); 197.8M parameters."""
     return ConvNeXt(CONFIGS["convnext_large"], **kwargs)
+
+
+# torchvision's names -> coatlib's (``coatlib.load_torchvision_weights``)
+TORCHVISION_RULES = [
+    (r"^features\.0\.", "stem."),
+    TORCHVISION_STAGES,
+    (r"\.block\.0\.", ".dwconv."),
+    (r"\.block\.2\.", ".norm."),
+    (r"\.block\.3\.", ".mlp.fc1."),
+    (r"\.block\.5\.", ".mlp.fc2."),
+    (r"^classifier\.0\.", "norm."),
+    (r"^classifier\.2\.", "head."),
+]
+
+
+def torchvision_mapping(model: ConvNeXt) -> tuple[Rename, Convert]:
+    """``(rename, convert)`` from torchvision's ConvNeXt state dict to ``model``'s: the layer scale is
+    ``(C, 1, 1)`` there and ``(C,)`` here."""
+
+    def convert(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if key.endswith("layer_scale") and value.numel() == target.numel():
+            return value.reshape(target.shape)
+        return value
+
+    return renamer(TORCHVISION_RULES), convert

@@ -27,8 +27,9 @@ from functools import partial
 import torch.nn as nn
 
 from coatlib.blocks import FusedMBConv, InvertedResidual
+from coatlib.checkpoints import Convert, Rename, as_is, renamer
 from coatlib.layers import ConvNormAct, drop_path_rates, make_divisible
-from coatlib.models.mobilenet import ConvNet
+from coatlib.models.mobilenet import ConvNet, inverted_residual_rules
 from coatlib.registry import register_model
 
 SiLU = partial(nn.SiLU, inplace=True)
@@ -213,3 +214,8 @@ def efficientnet_v2_m(**kwargs) -> EfficientNet:
 def efficientnet_v2_l(**kwargs) -> EfficientNet:
     """EfficientNetV2-L (Tan & Le 2021, the reference code's table): 118.5M parameters, 480 px."""
     return EfficientNet(CONFIGS["efficientnet_v2_l"], **kwargs)
+
+
+def torchvision_mapping(model: EfficientNet) -> tuple[Rename, Convert]:
+    """``(rename, convert)`` from torchvision's EfficientNet (B0-B7, V2) state dict to ``model``'s."""
+    return renamer(inverted_residual_rules(model, r"^(features\.\d+\.\d+)\.block\.(\d+)\.")), as_is

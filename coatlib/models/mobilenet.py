@@ -18,6 +18,7 @@ reuses it too. Module names follow torchvision's.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
@@ -25,7 +26,8 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from coatlib.blocks import InvertedResidual
+from coatlib.blocks import FusedMBConv, InvertedResidual
+from coatlib.checkpoints import Convert, Rename, Rules, as_is, renamer
 from coatlib.layers import (
     ConvNormAct,
     Layer,
@@ -238,3 +240,39 @@ def mobilenet_v3_large(**kwargs) -> MobileNetV3:
 def mobilenet_v3_small(**kwargs) -> MobileNetV3:
     """MobileNet V3-Small (Howard et al. 2019, Table 2): 2.5M parameters."""
     return MobileNetV3(V3_CONFIGS["small"], **kwargs)
+
+
+# torchvision's names -> coatlib's (``coatlib.load_torchvision_weights``)
+
+
+def inverted_residual_rules(model: nn.Module, block_pattern: str, split_project: bool = False) -> Rules:
+    """torchvision keeps an inverted-residual block's layers in one ``nn.Sequential`` (``<block>.<j>.``,
+    matched by ``block_pattern``) holding only the layers that exist; coatlib's ``InvertedResidual`` and
+    ``FusedMBConv`` name them ``expand``, ``dw``, ``se``, ``project`` and leave missing ones as
+    ``nn.Identity``. MobileNetV2 keeps the projection's conv and BN as two entries (``split_project``)."""
+
+    def rename(m: re.Match) -> str:
+        try:
+            block = model.get_submodule(m[1])
+        except AttributeError:
+            block = None
+        if not isinstance(block, (InvertedResidual, FusedMBConv)):  # no such block: reported as not fitting
+            return m[0]
+        names = [
+            n
+            for n in ("expand", "dw", "se", "project")
+            if not isinstance(getattr(block, n, None), (nn.Identity, type(None)))
+        ]
+        if split_project:
+            names[-1:] = ["project.0", "project.1"]
+        j = int(m[2])
+        return f"{m[1]}.{names[j]}." if j < len(names) else m[0]
+
+    return [(block_pattern, rename)]
+
+
+def torchvision_mapping(model: MobileNetV2 | MobileNetV3) -> tuple[Rename, Convert]:
+    """``(rename, convert)`` from torchvision's MobileNetV2 or V3 state dict to ``model``'s."""
+    if isinstance(model, MobileNetV2):
+        return renamer(inverted_residual_rules(model, r"^(features\.\d+)\.conv\.(\d+)\.", split_project=True)), as_is
+    return renamer(inverted_residual_rules(model, r"^(features\.\d+)\.block\.(\d+)\.")), as_is

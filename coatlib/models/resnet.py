@@ -15,6 +15,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
+from coatlib.checkpoints import Convert, Rename, as_is, renamer
 from coatlib.layers import ConvNormAct, DropPath, check_image_size, check_images, drop_path_rates, init_weights
 from coatlib.registry import register_model
 
@@ -158,3 +159,17 @@ def resnet101(**kwargs) -> ResNet:
 def resnet152(**kwargs) -> ResNet:
     """ResNet-152 (He et al. 2016, Table 1, 152-layer column): 60.2M parameters."""
     return ResNet(CONFIGS["resnet152"], **kwargs)
+
+
+# torchvision's names -> coatlib's (``coatlib.load_torchvision_weights``)
+TORCHVISION_RULES = [
+    (r"^conv1\.", "stem.0."),  # the 7x7 stem conv and its BN form one ConvNormAct
+    (r"^bn1\.", "stem.1."),
+    (r"\.conv(\d)\.", r".conv\1.0."),  # block convs: conv{k} + bn{k} -> ConvNormAct conv{k}
+    (r"\.bn(\d)\.", r".conv\1.1."),
+]
+
+
+def torchvision_mapping(model: ResNet) -> tuple[Rename, Convert]:
+    """``(rename, convert)`` from torchvision's ResNet state dict to ``model``'s."""
+    return renamer(TORCHVISION_RULES), as_is

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from coatlib.attention import MultiHeadAttention, RelativeAttention
+from coatlib.checkpoints import TORCHVISION_STAGES, Convert, Rename, renamer
 from coatlib.layers import check_image_size, check_images, drop_path_rates, init_weights
 from coatlib.models.vit import EncoderBlock, PatchEmbed
 from coatlib.registry import register_model
@@ -215,3 +216,27 @@ def swin_s(**kwargs) -> SwinTransformer:
 def swin_b(**kwargs) -> SwinTransformer:
     """Swin-B (Liu et al. 2021, Table 7): C = 128, blocks {2, 2, 18, 2}, 87.8M parameters."""
     return SwinTransformer(CONFIGS["swin_b"], **kwargs)
+
+
+# torchvision's names -> coatlib's (``coatlib.load_torchvision_weights``)
+TORCHVISION_RULES = [
+    (r"^features\.0\.0\.", "patch_embed.proj."),
+    (r"^features\.0\.2\.", "patch_embed.norm."),
+    TORCHVISION_STAGES,
+    (r"\.attn\.relative_position_bias_table$", ".attn.relative_bias_table"),
+    (r"\.mlp\.0\.", ".mlp.fc1."),
+    (r"\.mlp\.3\.", ".mlp.fc2."),
+]
+
+
+def torchvision_mapping(model: SwinTransformer) -> tuple[Rename, Convert]:
+    """``(rename, convert)`` from torchvision's Swin state dict to ``model``'s: the bias table is
+    ``((2w-1)^2, heads)`` there and ``(heads, 2w-1, 2w-1)`` here."""
+
+    def convert(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if key.endswith("relative_bias_table") and value.ndim == 2:
+            side = round(value.shape[0] ** 0.5)
+            return value.T.reshape(value.shape[1], side, side)
+        return value
+
+    return renamer(TORCHVISION_RULES), convert

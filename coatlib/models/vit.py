@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from coatlib.attention import MultiHeadAttention
+from coatlib.checkpoints import Convert, Rename, as_is, renamer
 from coatlib.layers import DropPath, Mlp, check_image_size, check_images, drop_path_rates, init_weights, pair
 from coatlib.registry import register_model
 
@@ -172,3 +173,26 @@ def vit_b_16(**kwargs) -> VisionTransformer:
 def vit_l_16(**kwargs) -> VisionTransformer:
     """ViT-L/16 (Dosovitskiy et al. 2021, Table 1, ViT-Large): 304.3M parameters."""
     return VisionTransformer(CONFIGS["vit_l_16"], **kwargs)
+
+
+# torchvision's names -> coatlib's (``coatlib.load_torchvision_weights``)
+TORCHVISION_RULES = [
+    (r"^class_token$", "cls_token"),
+    (r"^conv_proj\.", "patch_embed.proj."),
+    (r"^encoder\.pos_embedding$", "pos_embed"),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.", r"blocks.\1."),
+    (r"\.ln_1\.", ".norm1."),
+    (r"\.ln_2\.", ".norm2."),
+    (r"\.self_attention\.in_proj_", ".attn.qkv."),  # nn.MultiheadAttention's stacked q, k, v = our qkv Linear
+    (r"\.self_attention\.out_proj\.", ".attn.proj."),
+    (r"\.mlp\.0\.", ".mlp.fc1."),
+    (r"\.mlp\.3\.", ".mlp.fc2."),
+    (r"^encoder\.ln\.", "norm."),
+    (r"^heads\.head\.", "head."),
+]
+
+
+def torchvision_mapping(model: VisionTransformer) -> tuple[Rename, Convert]:
+    """``(rename, convert)`` from torchvision's ViT state dict to ``model``'s (the position embedding of
+    another image size is resized when it loads)."""
+    return renamer(TORCHVISION_RULES), as_is
