@@ -140,7 +140,6 @@ def test_models_without_torchvision_twin_raise_type_error(name):
 # ---- timm's CoAtNets --------------------------------------------------------------------------
 
 
-
 def timm_twins(timm, n: int, size: int):
     reference = randomize_(timm.create_model(f"coatnet_{n}_224", img_size=size), size)
     head_dim = 32 if n == 5 else None  # timm's CoAtNet-5 keeps head size 32 (the paper: 64)
