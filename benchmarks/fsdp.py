@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from throughput import paired_speedup, timed_rounds
 
 import coatlib
-from coatlib.train import _distribute, init_distributed, versions
+from coatlib.train import distribute, init_distributed, versions
 
 
 def training_step(net, batch: int, image_size: int):
@@ -55,7 +55,7 @@ def main() -> None:
     for name, fsdp in (("DDP", False), ("FSDP", True)):
         torch.manual_seed(0)
         model = coatlib.create_model(args.model, image_size=args.image_size)
-        nets[name] = _distribute(model, cpu, world, fsdp=fsdp, activation_checkpointing=False, dtype=None)
+        nets[name] = distribute(model, cpu, world, fsdp=fsdp, activation_checkpointing=False, dtype=None)
     steps = [training_step(nets[name], args.batch, args.image_size) for name in ("DDP", "FSDP")]
     times = timed_rounds(steps, args.rounds)
     result = {

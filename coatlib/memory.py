@@ -44,8 +44,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from coatlib.registry import create_model
-from coatlib.train import blocks_of, has_batchnorm
+from coatlib.factory import create_model
+from coatlib.model_parts import blocks_of, has_batchnorm
 
 GiB = 2**30
 USABLE = 0.9  # of a GPU's memory; the rest is the CUDA context, workspaces and fragmentation
@@ -144,7 +144,7 @@ def plan(
 ) -> list[Plan]:
     """The six plans (DDP, FSDP, FSDP+AC, each at fp32 and bf16) for training the registered model
     ``name`` on ``image_size`` images, ``batch`` images per GPU, ``gpus`` GPUs of ``gpu_memory`` GiB
-    (finite, > 0). A model without blocks (``coatlib.train.blocks_of``: ResNet, MobileNet, EfficientNet)
+    (finite, > 0). A model without blocks (``coatlib.model_parts.blocks_of``: ResNet, MobileNet, EfficientNet)
     cannot be sharded or checkpointed by ``coatlib.train``: its FSDP plans are counted but marked impossible."""
     for label, value in (("batch", batch), ("gpus", gpus), ("image_size", image_size)):
         if not isinstance(value, int) or value < 1:
@@ -244,7 +244,7 @@ def _ddp_advice(name: str, plans: list[Plan]) -> str:
 
 
 NO_BLOCKS_NOTE = (
-    "{} has no blocks (coatlib.train.blocks_of finds none): coatlib.train cannot shard it (FSDP) or "
+    "{} has no blocks (coatlib.model_parts.blocks_of finds none): coatlib.train cannot shard it (FSDP) or "
     "checkpoint its activations, so those plans are counted but cannot run ('cannot')."
 )
 

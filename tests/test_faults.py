@@ -16,8 +16,9 @@ from torch.utils.data import Subset
 
 import coatlib
 import coatlib.train as train
+import coatlib.train.command as train_command
 from coatlib.data import load
-from coatlib.train import NonFiniteLoss, fit, load_checkpoint, main, save_sharded_checkpoint
+from coatlib.train import NonFiniteLoss, fit, load_training_checkpoint, main, save_sharded_checkpoint
 
 FAST = dict(progress=False, batch_size=64, lr=3e-3)
 # A run of the command line on 64 generated images: seconds.
@@ -237,7 +238,7 @@ def test_cli_resume_refuses_other_data_options_and_history_says_where_it_resumed
 
     real_fit = train.fit
     with monkeypatch.context() as patch:
-        patch.setattr(train, "fit", lambda *args, **kwargs: real_fit(*args, **kwargs, on_step=interrupt_in_epoch_2))
+        patch.setattr(train_command, "fit", lambda *args, **kwargs: real_fit(*args, **kwargs, on_step=interrupt_in_epoch_2))
         with pytest.raises(KeyboardInterrupt):
             main([*CLI, "--out", str(out), "--epochs", "2"])
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]
@@ -319,9 +320,9 @@ def test_sharded_checkpoint_survives_every_crash_point(two_epochs, digits16, tmp
     model = coatlib.create_model("coatnet_pico_vitrel", num_classes=2, image_size=32)
     if epoch is None:
         with pytest.raises(ValueError, match="no checkpoint file"):
-            load_checkpoint(path, model)
+            load_training_checkpoint(path, model)
     else:
-        assert load_checkpoint(path, model)["epoch"] == epoch
+        assert load_training_checkpoint(path, model)["epoch"] == epoch
     if path.exists():
         refusal = r"already exists: pass resume=True \(--resume\)"
     elif epoch is not None:
@@ -334,7 +335,7 @@ def test_sharded_checkpoint_survives_every_crash_point(two_epochs, digits16, tmp
     assert snapshot(tmp_path) == before
     save_sharded_checkpoint({"epoch": 3, "schedule": {}}, path, model, torch.optim.AdamW(model.parameters()))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
-    assert load_checkpoint(path, model)["epoch"] == 3
+    assert load_training_checkpoint(path, model)["epoch"] == 3
 
 
 # --- the command line's own endings: Ctrl-C, a device this machine lacks ------------------------------------
@@ -345,7 +346,7 @@ def test_ctrl_c_during_training_says_how_to_resume_without_a_traceback(tmp_path,
         raise KeyboardInterrupt
 
     real_fit = train.fit
-    monkeypatch.setattr(train, "fit", lambda *args, **kwargs: real_fit(*args, **{**kwargs, "on_step": interrupt}))
+    monkeypatch.setattr(train_command, "fit", lambda *args, **kwargs: real_fit(*args, **{**kwargs, "on_step": interrupt}))
     with pytest.raises(SystemExit) as stop:
         train.cli([*CLI, "--out", str(tmp_path / "run")])
     assert stop.value.code == 130
@@ -429,7 +430,7 @@ def test_a_resnet_state_dict_is_not_taken_for_a_timm_coatnet(tmp_path):
 
 
 def test_a_sharded_checkpoint_folder_says_how_to_load_it(tmp_path):
-    with pytest.raises(ValueError, match=r"a folder, the checkpoint of a sharded run .*train.load_checkpoint"):
+    with pytest.raises(ValueError, match=r"a folder, the checkpoint of a sharded run .*train.load_training_checkpoint"):
         coatlib.create_model("coatnet_pico", checkpoint_path=tmp_path)
 
 

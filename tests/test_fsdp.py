@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 import coatlib
 from coatlib.data import load, load_splits
-from coatlib.train import _distribute, blocks_of, fit, load_checkpoint, main
+from coatlib.model_parts import blocks_of
+from coatlib.train import distribute, fit, load_training_checkpoint, main
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 
@@ -63,7 +64,7 @@ def test_sharded_checkpoint_of_2_processes_loads_into_1(fsdp_runs):
     folder, results, _, _ = fsdp_runs
     assert sorted(p.name for p in folder.iterdir()) == ["crashed", "results.pt", "through"]  # no .tmp, no .old
     model = coatlib.create_model("coatnet_pico_vitrel", num_classes=2, image_size=32)
-    state = load_checkpoint(folder / "through", model)
+    state = load_training_checkpoint(folder / "through", model)
     assert state["epoch"] == 2 and state["schedule"]["world_size"] == 2
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(results["images"]), results["logits"], rtol=1e-6, atol=1e-6)
@@ -95,7 +96,7 @@ def test_checkpoint_folder_of_another_model_is_refused(fsdp_runs):
         match=r"written by a different model \(a CoAtNet with 303,734 parameters; "
         r"this one is a CoAtNet with 311,742 parameters\)",
     ):
-        load_checkpoint(folder / "through", other)
+        load_training_checkpoint(folder / "through", other)
 
 
 def gradients(model, images, labels):
@@ -119,7 +120,7 @@ def test_activation_checkpointing_gives_the_same_gradients(name):
     with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
         model(images)
     stored_without = saved["count"]
-    _distribute(model, torch.device("cpu"), world=1, fsdp=False, activation_checkpointing=True, dtype=None)
+    distribute(model, torch.device("cpu"), world=1, fsdp=False, activation_checkpointing=True, dtype=None)
     recomputed = gradients(model, images, labels)
     assert recomputed.keys() == plain.keys()  # the parameter names stay
     for key in plain:

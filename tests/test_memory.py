@@ -5,7 +5,7 @@ import torch
 
 import coatlib
 from coatlib.memory import activation_bytes, main, measure, plan
-from coatlib.train import _distribute
+from coatlib.train import distribute
 
 
 @pytest.mark.parametrize("name", ["coatnet_pico", "vit_ti_16"])
@@ -18,7 +18,7 @@ def test_activation_estimate_within_20_percent_of_measured_memory(name):
     gradients = 4 * sum(p.numel() for p in model.parameters())
     after_forward, _ = measure(model, images)
     assert estimate.total == pytest.approx(after_forward, rel=0.2)
-    _distribute(model, torch.device("cpu"), world=1, fsdp=False, activation_checkpointing=True, dtype=None)
+    distribute(model, torch.device("cpu"), world=1, fsdp=False, activation_checkpointing=True, dtype=None)
     _, peak = measure(model, images)
     assert estimate.checkpointed + gradients == pytest.approx(peak, rel=0.2)
     assert estimate.checkpointed < estimate.total

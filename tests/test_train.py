@@ -258,10 +258,10 @@ def test_torchrun_two_processes_match_one_process_with_double_batch(tmp_path):
 
 
 def test_position_parameters_are_not_weight_decayed():
-    from coatlib.train import _param_groups
+    from coatlib.model_parts import param_groups
 
     model = coatlib.create_model("coatnet_pico", num_classes=3, image_size=32)
-    decay, no_decay = _param_groups(model, 0.05)
+    decay, no_decay = param_groups(model, 0.05)
     tables = [p for n, p in model.named_parameters() if n.endswith("relative_bias_table")]
     assert tables and all(any(t is q for q in no_decay["params"]) for t in tables)
     assert not any(t is q for t in tables for q in decay["params"])
