@@ -1,21 +1,19 @@
-"""coatlib.experiments: the models of chapter 5c ("Inside a trained CoAtNet") and the command line."""
+"""coatlib.studies.inside and inside_record: the models of chapter 5c ("Inside a trained CoAtNet") and their command."""
 
 import json
 
 import pytest
 import torch
 
-import coatlib.experiments as experiments
-from coatlib.experiments import (
-    INSIDE,
-    INSIDE_DIR,
-    INSIDE_QUICK,
+import coatlib.studies.inside as inside_study
+from coatlib.studies.command import main
+from coatlib.studies.inside import INSIDE, INSIDE_DIR, INSIDE_QUICK, inside_budget
+from coatlib.studies.inside_record import (
+    INSIDE_COMPARISONS,
     initial_model,
-    inside_budget,
     inside_model,
     inside_results,
     inside_summary,
-    main,
     update_inside_artefact,
 )
 
@@ -36,7 +34,7 @@ def quick_run(tmp_path_factory):
 def test_inside_quick_trains_measures_saves_and_loads_back(quick_run):
     out, result = quick_run
     record = inside_results(out)
-    assert record["command"] == f"python -m coatlib.experiments inside --quick --out {out} --quiet"
+    assert record["command"] == f"python -m coatlib.studies inside --quick --out {out} --quiet"
     assert record["versions"]["torch"] and record["preset"] == "quick"
     assert record["settings"] == json.loads(json.dumps(INSIDE_QUICK))
     variants = [v["name"] for v in INSIDE_QUICK["variants"]]
@@ -63,7 +61,7 @@ def test_inside_quick_trains_measures_saves_and_loads_back(quick_run):
         initial_model(record, "C-C-T-T x3", 0)
     with pytest.raises(ValueError, match="no C-C-C-C model of seed 7"):
         inside_model(record, "C-C-C-C", 7, folder=out)
-    with pytest.raises(FileNotFoundError, match="python -m coatlib.experiments inside"):
+    with pytest.raises(FileNotFoundError, match="python -m coatlib.studies inside"):
         inside_results(out / "missing")
 
 
@@ -76,7 +74,7 @@ def test_inside_summary_gives_intervals_over_seeds(quick_run):
     assert cctt["first_table"].low <= cctt["first_table"].mean <= cctt["first_table"].high
     assert "first_table" not in summary["variants"]["C-C-C-C"]  # no attention
     pairs = [(c["a"], c["b"], c["measure"]) for c in summary["comparisons"]]
-    assert pairs == [(a, b, m) for a, b in experiments.INSIDE_COMPARISONS for m in ("table", "attention")]
+    assert pairs == [(a, b, m) for a, b in INSIDE_COMPARISONS for m in ("table", "attention")]
     assert all(isinstance(c["holm"], bool) for c in summary["comparisons"])
 
 
@@ -87,14 +85,14 @@ def test_inside_resumes_and_refuses_other_settings(quick_run, tmp_path, monkeypa
     dropped = record["results"].pop()  # as if interrupted before the last run
     (out / "inside.json").write_text(json.dumps(record))
     ran = []
-    monkeypatch.setattr(experiments, "inside_run", lambda job: ran.append(job) or dropped)
-    experiments.inside(out, quick=True)
+    monkeypatch.setattr(inside_study, "inside_run", lambda job: ran.append(job) or dropped)
+    inside_study.inside(out, quick=True)
     assert [(j["variant"]["name"], j["seed"]) for j in ran] == [(dropped["variant"], dropped["seed"])]
     assert inside_results(out)["results"][-1] == dropped
     record["settings"]["epochs"] = 2
     (out / "inside.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match="holds a run with other settings"):
-        experiments.inside(out, quick=True)
+        inside_study.inside(out, quick=True)
 
 
 def test_inside_never_writes_into_the_package(capsys):

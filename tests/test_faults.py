@@ -238,7 +238,9 @@ def test_cli_resume_refuses_other_data_options_and_history_says_where_it_resumed
 
     real_fit = train.fit
     with monkeypatch.context() as patch:
-        patch.setattr(train_command, "fit", lambda *args, **kwargs: real_fit(*args, **kwargs, on_step=interrupt_in_epoch_2))
+        patch.setattr(
+            train_command, "fit", lambda *args, **kwargs: real_fit(*args, **kwargs, on_step=interrupt_in_epoch_2)
+        )
         with pytest.raises(KeyboardInterrupt):
             main([*CLI, "--out", str(out), "--epochs", "2"])
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]
@@ -346,7 +348,9 @@ def test_ctrl_c_during_training_says_how_to_resume_without_a_traceback(tmp_path,
         raise KeyboardInterrupt
 
     real_fit = train.fit
-    monkeypatch.setattr(train_command, "fit", lambda *args, **kwargs: real_fit(*args, **{**kwargs, "on_step": interrupt}))
+    monkeypatch.setattr(
+        train_command, "fit", lambda *args, **kwargs: real_fit(*args, **{**kwargs, "on_step": interrupt})
+    )
     with pytest.raises(SystemExit) as stop:
         train.cli([*CLI, "--out", str(tmp_path / "run")])
     assert stop.value.code == 130
@@ -489,15 +493,15 @@ def test_memory_planner_says_a_model_without_blocks_cannot_be_sharded_or_checkpo
 
 def test_experiments_refuse_workers_0_before_anything(tmp_path, capsys):
     """--workers 0 was a ZeroDivisionError."""
-    from coatlib import experiments
-    from coatlib.studies import layouts
+    from coatlib.studies import inside, layouts
+    from coatlib.studies.command import main
 
     for command in ("inside", "layouts"):
         with pytest.raises(SystemExit):
-            experiments.main([command, "--quick", "--workers", "0", "--out", str(tmp_path / command)])
+            main([command, "--quick", "--workers", "0", "--out", str(tmp_path / command)])
         assert "--workers: must be an int >= 1" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"workers \(--workers\) must be an int >= 1"):
-        experiments.inside(tmp_path / "inside", quick=True, workers=0)
+        inside.inside(tmp_path / "inside", quick=True, workers=0)
     with pytest.raises(ValueError, match=r"workers \(--workers\) must be an int >= 1"):
         layouts.layout_study("quick", tmp_path / "layouts", workers=0)
     assert list(tmp_path.iterdir()) == []
@@ -505,8 +509,9 @@ def test_experiments_refuse_workers_0_before_anything(tmp_path, capsys):
 
 def test_a_corrupted_results_file_is_reported_with_its_name(tmp_path):
     """A corrupted results JSON was once reported without its file name."""
-    from coatlib import experiments
     from coatlib.studies import layouts
+    from coatlib.studies.command import main
+    from coatlib.studies.inside_record import inside_results
 
     (tmp_path / "inside.json").write_text('{"settings": {"variants": [')
     (tmp_path / "layout_study_quick.json").write_text("{not json")
@@ -514,28 +519,30 @@ def test_a_corrupted_results_file_is_reported_with_its_name(tmp_path):
     inside_json, study_json = (str(tmp_path / name) for name in ("inside.json", "layout_study_quick.json"))
     fix = r"is not a readable JSON record .*Restore it .* or delete it and run the experiment again"
     with pytest.raises(ValueError, match=rf"{inside_json} {fix}"):
-        experiments.inside_results(tmp_path)
+        inside_results(tmp_path)
     with pytest.raises(SystemExit, match=rf"error: {inside_json} {fix}"):
-        experiments.main(["inside", "--quick", "--out", str(tmp_path), "--quiet"])
+        main(["inside", "--quick", "--out", str(tmp_path), "--quiet"])
     with pytest.raises(ValueError, match=rf"{study_json} {fix}"):
         layouts.study_results(study_json)
     with pytest.raises(SystemExit, match=rf"error: {study_json} {fix}"):
-        experiments.main(["layouts", "--quick", "--out", str(tmp_path), "--quiet"])
+        main(["layouts", "--quick", "--out", str(tmp_path), "--quiet"])
     assert snapshot(tmp_path) == before
 
 
 def test_experiment_commands_write_under_the_current_folder_never_into_the_package(tmp_path, monkeypatch):
-    """`experiments inside --quick` once wrote into coatlib/artefacts/inside_coatnet/, its default --out."""
-    from coatlib import experiments
+    """`studies inside --quick` once wrote into coatlib/artefacts/inside_coatnet/, its default --out."""
+    from coatlib.studies import inside, layouts
+    from coatlib.studies.command import main
+    from coatlib.studies.records import PACKAGE
 
     seen = []
-    monkeypatch.setattr(experiments, "inside", lambda out, **kwargs: seen.append(out) or {})
-    monkeypatch.setattr(experiments.layouts, "layout_study", lambda preset, out, **kwargs: seen.append(out) or {})
+    monkeypatch.setattr(inside, "inside", lambda out, **kwargs: seen.append(out) or {})
+    monkeypatch.setattr(layouts, "layout_study", lambda preset, out, **kwargs: seen.append(out) or {})
     monkeypatch.chdir(tmp_path)
-    experiments.main(["inside", "--quick", "--quiet"])
-    experiments.main(["layouts", "--quick", "--quiet"])
+    main(["inside", "--quick", "--quiet"])
+    main(["layouts", "--quick", "--quiet"])
     assert [(tmp_path / out).resolve().is_relative_to(tmp_path) for out in seen] == [True, True]
-    package = experiments.PACKAGE / "artefacts" / "new_results"
+    package = PACKAGE / "artefacts" / "new_results"
     with pytest.raises(SystemExit, match="inside the coatlib package"):
-        experiments.main(["layouts", "--quick", "--out", str(package), "--quiet"])
+        main(["layouts", "--quick", "--out", str(package), "--quiet"])
     assert not package.exists()

@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 import coatlib.studies.layouts as layouts
-from coatlib.experiments import main
 from coatlib.flops import count_params
+from coatlib.studies.command import main
 from coatlib.studies.layouts import (
     CPU,
     FULL,
@@ -35,7 +35,7 @@ def quick(tmp_path_factory):
 def test_quick_study_runs_every_stage_and_records_it(quick):
     out, record = quick
     assert record == json.loads((out / "layout_study_quick.json").read_text())
-    assert record["command"] == f"python -m coatlib.experiments layouts --quick --out {out} --quiet"
+    assert record["command"] == f"python -m coatlib.studies layouts --quick --out {out} --quiet"
     assert record["versions"]["torch"] and record["hardware"]["workers"] == 1
     s = record["settings"]
     kinds = [r["kind"] for r in record["runs"]]

@@ -495,7 +495,7 @@ def study_results(path: str | Path | None = None, preset: str = "cpu") -> dict:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} is missing: install coatlib from the book's repository, which ships it, or make it "
-            f"with `python -m coatlib.experiments layouts --workers 2` (about 75 minutes on 2 CPU cores)"
+            f"with `python -m coatlib.studies layouts --workers 2` (about 75 minutes on 2 CPU cores)"
         )
     return read_record(path)
 

@@ -1,4 +1,5 @@
-"""What every study shares: its record written atomically with command, versions and date; a worker pool."""
+"""What every study shares: its record written atomically with command, versions and date, in a folder outside
+the installed package; a worker pool."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import multiprocessing
 from pathlib import Path
 
 from coatlib.train import versions
+
+PACKAGE = Path(__file__).resolve().parent.parent  # the installed coatlib: no study writes into it
 
 
 def save(result: dict, path: str | Path, command: str) -> Path:
@@ -55,3 +58,17 @@ def read_record(path: str | Path) -> dict:
             f"{path} is not a readable JSON record ({e}): it was cut short or edited. Restore it (git checkout "
             f"of a shipped record, or your copy), or delete it and run the experiment again"
         ) from None
+
+
+def results_folder(out: str | Path) -> Path:
+    """``out`` as a folder for results, made if needed; refused when it lies inside the installed package
+    (only ``--update-artefact`` copies a finished record there)."""
+    out = Path(out)
+    if out.resolve() == PACKAGE or PACKAGE in out.resolve().parents:
+        raise ValueError(
+            f"{out} is inside the coatlib package ({PACKAGE}): results go to a folder of your own "
+            f"(--out; the default lies in the current folder); --update-artefact then copies a finished record into "
+            f"the package"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
