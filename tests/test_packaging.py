@@ -104,11 +104,11 @@ def test_the_scan_catches_an_undeclared_import():
 
 
 def test_the_torch_floor_has_fully_shard():
-    # coatlib.train: `from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard`, public since 2.6
+    # coatlib.train.distributed: `from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard`, public since 2.6
     torch_requirement = next(r for r in PYPROJECT["dependencies"] if requirement_name(r) == "torch")
     assert torch_requirement == "torch>=2.6"
     assert "from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard" in (
-        ROOT / "coatlib" / "train.py"
+        ROOT / "coatlib" / "train" / "distributed.py"
     ).read_text(encoding="utf-8")
 
 
