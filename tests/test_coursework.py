@@ -223,7 +223,7 @@ GAMING = {
     ),
     # a wrong answer, and the check's comparison monkeypatched to accept anything
     "monkeypatches-the-check": lambda nb: solve(nb, "receptive_field", "return 0").cells.insert(
-        4, new_code_cell("import coatlib.teaching.exercises._base as b\nb._compare_number = lambda *a, **k: None")
+        4, new_code_cell("import coatlib.teaching.exercises.checking as b\nb.compare_number = lambda *a, **k: None")
     ),
     # stubs, and every check redefined to display a forged record that says "correct"
     "forges-records": lambda nb: nb.cells.insert(
@@ -244,11 +244,13 @@ GAMING = {
     "patches-when-called": lambda nb: solve(
         nb,
         "receptive_field",
-        "import coatlib.teaching.exercises._base as b\n    b._compare_number = lambda *a, **k: None\n    return 0",
+        "import coatlib.teaching.exercises.checking as b\n    b.compare_number = lambda *a, **k: None\n    return 0",
     ),
     # a wrong answer, and a class whose body (run when it is defined) patches the check module
     "patches-when-defined": lambda nb: solve(nb, "receptive_field", "return 0").cells.append(
-        new_code_cell("class Sneaky:\n    import coatlib.teaching.exercises._base as b\n    b._compare_number = print")
+        new_code_cell(
+            "class Sneaky:\n    import coatlib.teaching.exercises.checking as b\n    b.compare_number = print"
+        )
     ),
     # the library's shortcut, which the exercise forbids
     "uses-conv2d": lambda nb: solve(
@@ -294,8 +296,8 @@ def test_gaming_submissions_fail_and_a_class_grades_to_a_csv(tmp_path, capsys):
     assert "returned 0, expected 3" in feedback["monkeypatches-the-check"]
     assert feedback["forges-records"].count("raises NotImplementedError") == 3
     assert feedback["deletes-check-cells"].count("raises NotImplementedError") == 3
-    assert "changed coatlib.teaching.exercises._base._compare_number" in feedback["patches-when-called"]
-    assert feedback["patches-when-defined"].count("the submission changed coatlib.teaching.exercises._base") == 3
+    assert "changed coatlib.teaching.exercises.checking.compare_number" in feedback["patches-when-called"]
+    assert feedback["patches-when-defined"].count("the submission changed coatlib.teaching.exercises.checking") == 3
     assert "calls conv2d" in feedback["uses-conv2d"]
     assert "no function depthwise_conv defined with def" in feedback["assigns-unfold-version"]
     assert "calls the chapter's depthwise_conv_unfold" in feedback["wraps-unfold-version"]
@@ -427,7 +429,7 @@ def test_only_imports_definitions_and_constants_reach_the_grading_process():
         cells=[
             new_code_cell("%pip install nothing\nimport math\nK = 3\nmodel = make_model()"),
             new_code_cell(
-                "def f(x):\n    return x + K\n\nimport coatlib.teaching.exercises._base as b\nb._compare = None"
+                "def f(x):\n    return x + K\n\nimport coatlib.teaching.exercises.checking as b\nb.compare_tensors = None"
             ),
             new_code_cell("def broken(:"),
             new_markdown_cell("def g(): pass"),
@@ -437,5 +439,5 @@ def test_only_imports_definitions_and_constants_reach_the_grading_process():
         "import math",
         "K = 3",
         "def f(x):\n    return x + K",
-        "import coatlib.teaching.exercises._base as b",
+        "import coatlib.teaching.exercises.checking as b",
     ]

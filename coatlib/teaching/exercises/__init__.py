@@ -29,7 +29,6 @@ and are all importable from here.
 
 from dataclasses import dataclass
 
-from coatlib.teaching.exercises._base import CHECKS, CheckResult, Wrong
 from coatlib.teaching.exercises.ch1_depthwise import (
     check_depthwise_conv,
     check_mbconv_macs,
@@ -69,6 +68,7 @@ from coatlib.teaching.exercises.ch7_scaling import (
     check_round_to_bf16,
     check_shard_indices,
 )
+from coatlib.teaching.exercises.checking import CHECKS, CheckResult, Wrong
 
 __all__ = [
     "CHECKS",

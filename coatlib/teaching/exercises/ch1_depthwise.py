@@ -9,18 +9,18 @@ import torch.nn.functional as F
 
 from coatlib.blocks import MBConv
 from coatlib.flops import count_macs
-from coatlib.teaching.exercises._base import (
+from coatlib.teaching.exercises._solutions import receptive_field_of
+from coatlib.teaching.exercises.checking import (
     Forbidden,
     Hint,
-    _call,
-    _check,
-    _compare,
-    _compare_number,
-    _name,
-    _randn,
+    call_reader,
+    compare_number,
+    compare_tensors,
     counters,
+    function_name,
+    randn,
+    register_check,
 )
-from coatlib.teaching.exercises._solutions import receptive_field_of
 
 NO_CONVOLUTION = (
     Forbidden(F, "conv2d", "conv2d (F.conv2d, nn.Conv2d or DepthwiseConv)"),
@@ -31,16 +31,16 @@ NO_CONVOLUTION = (
 )
 
 
-@_check
+@register_check
 def check_depthwise_conv(fn: Callable) -> None:
     """``fn(x, weight)``: depthwise convolution of ``x (B, C, H, W)`` with ``weight (C, 1, k, k)``,
     stride 1, zero padding ``k // 2``, no bias: the output of ``F.conv2d(x, weight, padding=k // 2, groups=C)``."""
     g = torch.Generator().manual_seed(0)
     for B, C, H, W, k in [(2, 3, 8, 8, 3), (1, 4, 5, 7, 5), (2, 6, 7, 6, 3)]:
-        x, w = _randn(g, B, C, H, W), _randn(g, C, 1, k, k)
+        x, w = randn(g, B, C, H, W), randn(g, C, 1, k, k)
         p = k // 2
         want = F.conv2d(x, w, padding=p, groups=C)
-        got = _call(fn, x.clone(), w.clone(), forbidden=NO_CONVOLUTION)
+        got = call_reader(fn, x.clone(), w.clone(), forbidden=NO_CONVOLUTION)
         hints: list[Hint] = [
             (
                 F.conv2d(x, w, groups=C),
@@ -67,8 +67,8 @@ def check_depthwise_conv(fn: Callable) -> None:
             ),
             lambda got, bad: _border_only(bad, p),
         ]
-        call = f"{_name(fn)}(x, weight) with x of shape {(B, C, H, W)} and a {k}x{k} kernel"
-        _compare(got, want, call, ("batch", "channel", "row", "col"), hints, atol=1e-4)
+        call = f"{function_name(fn)}(x, weight) with x of shape {(B, C, H, W)} and a {k}x{k} kernel"
+        compare_tensors(got, want, call, ("batch", "channel", "row", "col"), hints, atol=1e-4)
 
 
 def _border_only(bad: torch.Tensor, p: int) -> str | None:
@@ -78,7 +78,7 @@ def _border_only(bad: torch.Tensor, p: int) -> str | None:
     return None
 
 
-@_check
+@register_check
 def check_mbconv_macs(fn: Callable) -> None:
     """``fn(c, k, h, w)``: multiply-accumulates of ``coatlib``'s CoAtNet MBConv block with ``c`` input and
     output channels on an ``h x w`` map: ``MBConv(c, c, kernel_size=k)``
@@ -103,10 +103,12 @@ def check_mbconv_macs(fn: Callable) -> None:
             (h * w * e * k * k + 2 * e * r, "add the two 1x1 convs: the expansion c -> 4c and the projection 4c -> c."),
             (h * w * c * c * k * k, "that is a standard k x k convolution from c to c channels."),
         ]
-        _compare_number(_call(fn, c, k, h, w, forbidden=counters()), want, f"{_name(fn)}{(c, k, h, w)}", hints)
+        compare_number(
+            call_reader(fn, c, k, h, w, forbidden=counters()), want, f"{function_name(fn)}{(c, k, h, w)}", hints
+        )
 
 
-@_check
+@register_check
 def check_receptive_field(fn: Callable) -> None:
     """``fn(kernel_sizes, strides)``: receptive field (in input pixels, along one axis) of one output
     of a stack of convolutions applied in order."""
@@ -139,4 +141,4 @@ def check_receptive_field(fn: Callable) -> None:
             ),
             (want - 1, "count the output pixel itself: a single 3x3 conv sees 3 pixels (start the sum at 1)."),
         ]
-        _compare_number(_call(fn, list(ks), list(ss)), want, f"{_name(fn)}({ks}, {ss})", hints)
+        compare_number(call_reader(fn, list(ks), list(ss)), want, f"{function_name(fn)}({ks}, {ss})", hints)

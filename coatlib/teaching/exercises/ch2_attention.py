@@ -9,20 +9,20 @@ import torch.nn.functional as F
 
 from coatlib.attention import MultiHeadAttention
 from coatlib.flops import count_macs
-from coatlib.teaching.exercises._base import (
-    Forbidden,
-    _call,
-    _check,
-    _compare,
-    _compare_number,
-    _name,
-    _randn,
-    counters,
-)
 from coatlib.teaching.exercises._solutions import attention_with_mask
+from coatlib.teaching.exercises.checking import (
+    Forbidden,
+    call_reader,
+    compare_number,
+    compare_tensors,
+    counters,
+    function_name,
+    randn,
+    register_check,
+)
 
 
-@_check
+@register_check
 def check_masked_attention(fn: Callable) -> None:
     """``fn(q, k, v, keep)``: scaled dot-product attention ``softmax(q k^T / sqrt(d)) v`` in which
     query ``i`` may only attend to the keys ``j`` with ``keep[i, j]`` (a bool ``(N_q, N_k)`` tensor,
@@ -31,7 +31,7 @@ def check_masked_attention(fn: Callable) -> None:
     g = torch.Generator().manual_seed(1)
     cases = [((2, 3, 5, 8), (2, 3, 6, 8), 0.6), ((1, 2, 7, 16), (1, 2, 7, 16), 0.4), ((4, 8), (9, 8), 0.5)]
     for q_shape, kv_shape, p in cases:
-        q, k, v = _randn(g, *q_shape), _randn(g, *kv_shape), _randn(g, *kv_shape)
+        q, k, v = randn(g, *q_shape), randn(g, *kv_shape), randn(g, *kv_shape)
         keep = torch.rand(q_shape[-2], kv_shape[-2], generator=g) < p
         keep[0] = False  # the first query keeps no key at all
         keep[1] = True  # the second keeps every key
@@ -70,13 +70,13 @@ def check_masked_attention(fn: Callable) -> None:
                 )
             return None
 
-        call = f"{_name(fn)}(q, k, v, keep) with q of shape {q_shape}, k and v of shape {kv_shape}"
+        call = f"{function_name(fn)}(q, k, v, keep) with q of shape {q_shape}, k and v of shape {kv_shape}"
         axes = ("batch", "head")[: len(q_shape) - 2] + ("query", "channel")
         sdpa = Forbidden(F, "scaled_dot_product_attention", "F.scaled_dot_product_attention")
-        _compare(_call(fn, q, k, v, keep, forbidden=[sdpa]), want, call, axes, [nan_hint, *hints])
+        compare_tensors(call_reader(fn, q, k, v, keep, forbidden=[sdpa]), want, call, axes, [nan_hint, *hints])
 
 
-@_check
+@register_check
 def check_patchify(fn: Callable) -> None:
     """``fn(images, p)``: cut ``(B, C, H, W)`` images into ``p x p`` patches and flatten each into a
     token: ``(B, N, C*p*p)``, patches in reading order (row by row), each flattened in the order of
@@ -84,7 +84,7 @@ def check_patchify(fn: Callable) -> None:
     patch stem ``nn.Conv2d(C, D, p, stride=p)``."""
     g = torch.Generator().manual_seed(2)
     for B, C, H, W, p in [(2, 3, 8, 8, 4), (1, 3, 12, 8, 4), (2, 2, 6, 9, 3)]:
-        x = _randn(g, B, C, H, W)
+        x = randn(g, B, C, H, W)
         want = F.unfold(x, p, stride=p).transpose(1, 2)
         h, w = H // p, W // p
         patches = x.reshape(B, C, h, p, w, p)
@@ -99,12 +99,12 @@ def check_patchify(fn: Callable) -> None:
             ),
             (want.transpose(1, 2), "tokens go along dimension 1: return (B, N, C*p*p)."),
         ]
-        call = f"{_name(fn)}(images, {p}) with images of shape {(B, C, H, W)}"
+        call = f"{function_name(fn)}(images, {p}) with images of shape {(B, C, H, W)}"
         unfold = Forbidden(F, "unfold", "F.unfold (or nn.Unfold)")
-        _compare(_call(fn, x, p, forbidden=[unfold]), want, call, ("batch", "token", "feature"), hints)
+        compare_tensors(call_reader(fn, x, p, forbidden=[unfold]), want, call, ("batch", "token", "feature"), hints)
 
 
-@_check
+@register_check
 def check_attention_macs(fn: Callable) -> None:
     """``fn(n_tokens, dim)``: multiply-accumulates of ``coatlib``'s ``MultiHeadAttention(dim)`` (q, k, v
     and output projections plus the two attention products) on one sequence of ``n_tokens`` tokens."""
@@ -125,4 +125,4 @@ def check_attention_macs(fn: Callable) -> None:
                 "there are two attention products: q k^T (n x n scores) and A v; each costs n^2 dim.",
             ),
         ]
-        _compare_number(_call(fn, n, dim, forbidden=counters()), want, f"{_name(fn)}({n}, {dim})", hints)
+        compare_number(call_reader(fn, n, dim, forbidden=counters()), want, f"{function_name(fn)}({n}, {dim})", hints)

@@ -8,15 +8,15 @@ import torch
 
 import coatlib.attention
 from coatlib.attention import relative_position_index
-from coatlib.teaching.exercises._base import (
-    Forbidden,
-    _call,
-    _check,
-    _compare,
-    _name,
-    _randn,
-)
 from coatlib.teaching.exercises._solutions import bias_with_clipping
+from coatlib.teaching.exercises.checking import (
+    Forbidden,
+    call_reader,
+    compare_tensors,
+    function_name,
+    randn,
+    register_check,
+)
 
 NO_INDEX = (Forbidden(coatlib.attention, "relative_position_index", "coatlib's relative_position_index"),)
 
@@ -33,7 +33,7 @@ def _offset_hint(want: torch.Tensor, what: str):
     return hint
 
 
-@_check
+@register_check
 def check_relative_index(fn: Callable) -> None:
     """``fn(H, W)``: the ``(N, N)`` integer index, ``N = H*W``, of the offset ``pos(i) - pos(j)`` into a
     flattened ``(2H-1) x (2W-1)`` table: ``(dy + H - 1) * (2W - 1) + (dx + W - 1)``."""
@@ -61,18 +61,18 @@ def check_relative_index(fn: Callable) -> None:
                 want, "offset (-(H-1), -(W-1)) is entry 0: add exactly H - 1 to dy and W - 1 to dx (an off-by-one)."
             ),
         ]
-        got = _call(fn, H, W, forbidden=NO_INDEX)
-        _compare(got, want, f"{_name(fn)}({H}, {W})", ("query", "key"), hints)
+        got = call_reader(fn, H, W, forbidden=NO_INDEX)
+        compare_tensors(got, want, f"{function_name(fn)}({H}, {W})", ("query", "key"), hints)
 
 
-@_check
+@register_check
 def check_clipped_bias(fn: Callable) -> None:
     """``fn(table, H, W)``: the relative bias ``(heads, N, N)``, ``N = H*W``, of an ``H x W`` map from
     a table ``(heads, 2K+1, 2L+1)`` that only holds the offsets ``-K..K`` and ``-L..L``: the offset
     ``pos(i) - pos(j)`` is clipped into that range in each axis, as Shaw et al. clip theirs."""
     g = torch.Generator().manual_seed(3)
     for heads, K, L, H, W in [(2, 1, 1, 4, 4), (1, 2, 1, 3, 5), (3, 2, 3, 5, 4), (1, 3, 3, 3, 3)]:
-        table = _randn(g, heads, 2 * K + 1, 2 * L + 1)
+        table = randn(g, heads, 2 * K + 1, 2 * L + 1)
         want = bias_with_clipping(table, H, W)
         rows, cols = torch.arange(H * W) // W, torch.arange(H * W) % W
         dy, dx = rows[:, None] - rows[None, :], cols[:, None] - cols[None, :]
@@ -98,17 +98,17 @@ def check_clipped_bias(fn: Callable) -> None:
                 "rows and columns are swapped: dy (the row offset) indexes the table's rows.",
             ),
         ]
-        call = f"{_name(fn)}(table of shape {tuple(table.shape)}, {H}, {W})"
-        _compare(_call(fn, table, H, W, forbidden=NO_INDEX), want, call, ("head", "query", "key"), hints)
+        call = f"{function_name(fn)}(table of shape {tuple(table.shape)}, {H}, {W})"
+        compare_tensors(call_reader(fn, table, H, W, forbidden=NO_INDEX), want, call, ("head", "query", "key"), hints)
 
 
-@_check
+@register_check
 def check_static_kernel(fn: Callable) -> None:
     """``fn(table, row, col)``: with zero content (``q.k = 0``), the pre-softmax attention weights of the
     query at ``(row, col)`` over the ``H x W`` map, as an ``(H, W)`` tensor; ``table`` is ``(2H-1, 2W-1)``."""
     g = torch.Generator().manual_seed(4)
     for H, W, row, col in [(3, 3, 1, 1), (4, 5, 0, 0), (5, 4, 3, 1)]:
-        table = _randn(g, 2 * H - 1, 2 * W - 1)
+        table = randn(g, 2 * H - 1, 2 * W - 1)
         window = table[row : row + H, col : col + W].flip(
             0, 1
         )  # entry [jy, jx] = table[row - jy + H-1, col - jx + W-1]
@@ -127,5 +127,5 @@ def check_static_kernel(fn: Callable) -> None:
             (window.softmax(0), "one softmax over all H x W positions together; yours normalises each column."),
             (window.softmax(1), "one softmax over all H x W positions together; yours normalises each row."),
         ]
-        call = f"{_name(fn)}(table, {row}, {col}) for a {H}x{W} map"
-        _compare(_call(fn, table, row, col), want, call, ("row", "col"), hints)
+        call = f"{function_name(fn)}(table, {row}, {col}) for a {H}x{W} map"
+        compare_tensors(call_reader(fn, table, row, col), want, call, ("row", "col"), hints)

@@ -10,19 +10,19 @@ from coatlib.attention import RelativeAttention
 from coatlib.flops import count_macs
 from coatlib.models import swin
 from coatlib.models.swin import WindowAttention, window_partition
-from coatlib.teaching.exercises._base import (
+from coatlib.teaching.exercises.checking import (
     Forbidden,
-    _call,
-    _check,
-    _compare,
-    _compare_number,
-    _name,
-    _randn,
+    call_reader,
+    compare_number,
+    compare_tensors,
     counters,
+    function_name,
+    randn,
+    register_check,
 )
 
 
-@_check
+@register_check
 def check_attention_memory(fn: Callable) -> None:
     """``fn(image_size, stage, width, batch)``: bytes of the float32 attention weights ``(batch, heads, N, N)``
     of one relative-attention layer in stage ``S{stage}`` (1..4) of a CoAtNet for ``image_size`` images,
@@ -55,12 +55,15 @@ def check_attention_memory(fn: Callable) -> None:
                 f"S{stage} works on a map of image_size / 2**(stage + 1) = {side} pixels a side.",
             ),
         ]
-        _compare_number(
-            _call(fn, image_size, stage, width, batch), want, f"{_name(fn)}{(image_size, stage, width, batch)}", hints
+        compare_number(
+            call_reader(fn, image_size, stage, width, batch),
+            want,
+            f"{function_name(fn)}{(image_size, stage, width, batch)}",
+            hints,
         )
 
 
-@_check
+@register_check
 def check_window_attention_macs(fn: Callable) -> None:
     """``fn(height, width, window, dim)``: multiply-accumulates of windowed self-attention, Swin's W-MSA
     (``coatlib.models.swin.WindowAttention(dim, window=window)``, heads of size 32), on one
@@ -90,18 +93,18 @@ def check_window_attention_macs(fn: Callable) -> None:
                 "there are two attention products, q k^T and A v, each N window^2 dim.",
             ),
         ]
-        got = _call(fn, h, w, window, dim, forbidden=counters())
-        _compare_number(got, want, f"{_name(fn)}{(h, w, window, dim)}", hints)
+        got = call_reader(fn, h, w, window, dim, forbidden=counters())
+        compare_number(got, want, f"{function_name(fn)}{(h, w, window, dim)}", hints)
 
 
-@_check
+@register_check
 def check_window_partition(fn: Callable) -> None:
     """``fn(x, window)``: cut a channels-last map ``x (B, H, W, C)`` into non-overlapping ``window x window``
     windows, ``(B * H/window * W/window, window * window, C)``: the windows in reading order (image by image,
     then row by row), the tokens of each window in reading order too, as ``coatlib.models.swin.window_partition``."""
     g = torch.Generator().manual_seed(5)
     for B, H, W, C, w in [(2, 4, 6, 3, 2), (1, 6, 6, 2, 3), (2, 8, 4, 5, 4)]:
-        x = _randn(g, B, H, W, C)
+        x = randn(g, B, H, W, C)
         want = window_partition(x, w)
         grid = x.view(
             B, H // w, w, W // w, w, C
@@ -121,6 +124,6 @@ def check_window_partition(fn: Callable) -> None:
                 "list the tokens inside a window row by row; yours go column by column.",
             ),
         ]
-        call = f"{_name(fn)}(x, {w}) with x of shape {(B, H, W, C)}"
+        call = f"{function_name(fn)}(x, {w}) with x of shape {(B, H, W, C)}"
         library = Forbidden(swin, "window_partition", "coatlib's window_partition")
-        _compare(_call(fn, x, w, forbidden=[library]), want, call, ("window", "token", "channel"), hints)
+        compare_tensors(call_reader(fn, x, w, forbidden=[library]), want, call, ("window", "token", "channel"), hints)

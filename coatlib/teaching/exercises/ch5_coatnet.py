@@ -11,23 +11,23 @@ import coatlib.attention
 from coatlib.attention import resize_table
 from coatlib.blocks import TransformerBlock
 from coatlib.models.coatnet import CoAtNet
-from coatlib.teaching.exercises._base import (
+from coatlib.teaching.exercises._solutions import bias_table_params
+from coatlib.teaching.exercises.checking import (
     Forbidden,
     Wrong,
-    _call,
-    _check,
-    _compare,
-    _compare_number,
-    _name,
-    _randn,
+    call_reader,
+    compare_number,
+    compare_tensors,
+    function_name,
+    randn,
+    register_check,
 )
-from coatlib.teaching.exercises._solutions import bias_table_params
 
 NO_MODEL = (Forbidden(CoAtNet, "__init__", "CoAtNet(...) (building the model)"),)
 NO_BLOCK = (Forbidden(TransformerBlock, "__init__", "TransformerBlock(...) (building the block)"),)
 
 
-@_check
+@register_check
 def check_bias_params(fn: Callable) -> None:
     """``fn(config, image_size)``: the number of relative-bias parameters of a CoAtNet built from
     ``config`` (a ``CoAtNetConfig``: ``depths``, ``widths``, ``head_dim``) for square images of
@@ -65,11 +65,11 @@ def check_bias_params(fn: Callable) -> None:
                 "offsets run from -(H-1) to H-1: 2H - 1 of them.",
             ),
         ]
-        got = _call(fn, config, size, forbidden=NO_MODEL)
-        _compare_number(got, want, f"{_name(fn)}(CONFIGS[{name!r}], {size})", hints)
+        got = call_reader(fn, config, size, forbidden=NO_MODEL)
+        compare_number(got, want, f"{function_name(fn)}(CONFIGS[{name!r}], {size})", hints)
 
 
-@_check
+@register_check
 def check_transformer_params(fn: Callable) -> None:
     """``fn(in_dim, out_dim, map_size, head_dim)``: parameters of one CoAtNet Transformer block
     (``coatlib.blocks.TransformerBlock``) from ``in_dim`` to ``out_dim`` channels on a
@@ -106,18 +106,18 @@ def check_transformer_params(fn: Callable) -> None:
                 "the FFN expands the block's output width by 4: out_dim -> 4 out_dim -> out_dim.",
             ),
         ]
-        got = _call(fn, cin, cout, (h, w), hd, forbidden=NO_BLOCK)
-        _compare_number(got, want, f"{_name(fn)}({cin}, {cout}, {(h, w)}, {hd})", hints)
+        got = call_reader(fn, cin, cout, (h, w), hd, forbidden=NO_BLOCK)
+        compare_number(got, want, f"{function_name(fn)}({cin}, {cout}, {(h, w)}, {hd})", hints)
 
 
-@_check
+@register_check
 def check_resize_table(fn: Callable) -> None:
     """``fn(table, map_size)``: a relative-bias table ``(heads, 2H-1, 2W-1)`` made for an ``H x W`` map,
     resized for a ``map_size = (H', W')`` map to ``(heads, 2H'-1, 2W'-1)`` by bilinear interpolation with
     the corner entries (the largest offsets) kept in place, as ``coatlib.attention.resize_table`` does."""
     g = torch.Generator().manual_seed(7)
     for heads, (h, w), (h2, w2) in [(2, (7, 7), (12, 12)), (3, (4, 6), (8, 9)), (1, (14, 14), (7, 7))]:
-        table = _randn(g, heads, 2 * h - 1, 2 * w - 1)
+        table = randn(g, heads, 2 * h - 1, 2 * w - 1)
         size = (2 * h2 - 1, 2 * w2 - 1)
         want = resize_table(table, size)
         hints = [
@@ -138,12 +138,12 @@ def check_resize_table(fn: Callable) -> None:
                 "the new size is (2H' - 1, 2W' - 1) in that order: rows from H', columns from W'.",
             ),
         ]
-        call = f"{_name(fn)}(table of shape {tuple(table.shape)}, {(h2, w2)})"
+        call = f"{function_name(fn)}(table of shape {tuple(table.shape)}, {(h2, w2)})"
         library = Forbidden(coatlib.attention, "resize_table", "coatlib's resize_table")
-        got = _call(fn, table, (h2, w2), forbidden=[library])
+        got = call_reader(fn, table, (h2, w2), forbidden=[library])
         if isinstance(got, torch.Tensor) and tuple(got.shape) == (heads, h2, w2):
             raise Wrong(
                 f"{call} returned shape {tuple(got.shape)}; the table of an H' x W' map has one entry per offset: "
                 f"(heads, 2H' - 1, 2W' - 1) = {(heads, *size)}."
             )
-        _compare(got, want, call, ("head", "row", "col"), hints)
+        compare_tensors(got, want, call, ("head", "row", "col"), hints)

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 
 from coatlib.attention import RelativeAttention
-from coatlib.teaching.exercises._base import Wrong, _call, _check, _name, _randn
+from coatlib.teaching.exercises.checking import Wrong, call_reader, function_name, randn, register_check
 
 
 def _looked_at_by_a_layer(table: torch.Tensor, query: tuple[int, int]) -> tuple[int, int]:
@@ -24,14 +24,14 @@ def _looked_at_by_a_layer(table: torch.Tensor, query: tuple[int, int]) -> tuple[
     return j // W, j % W
 
 
-@_check
+@register_check
 def check_attended_key(fn: Callable) -> None:
     """``fn(table, query)``: with the content removed, the key ``(row, col)`` that the query at
     ``query = (row, col)`` attends to most, for one head's table ``(2H-1, 2W-1)`` of an ``H x W`` map
     whose largest entry is unique (the offset ``i - j`` with ``i`` the query)."""
     g = torch.Generator().manual_seed(11)
     for H, W, query in [(14, 14, (5, 7)), (7, 7, (0, 0)), (6, 9, (2, 8)), (5, 4, (4, 1))]:
-        table = _randn(g, 2 * H - 1, 2 * W - 1) - 20.0
+        table = randn(g, 2 * H - 1, 2 * W - 1) - 20.0
         for dy, dx in [(0, 1), (-2, 1), (1, -3)]:  # the offset of the one large entry
             row, col = query[0] - dy, query[1] - dx
             if not (0 <= row < H and 0 <= col < W):
@@ -39,8 +39,8 @@ def check_attended_key(fn: Callable) -> None:
             peaked = table.clone()
             peaked[dy + H - 1, dx + W - 1] = 10.0
             want = _looked_at_by_a_layer(peaked, query)
-            call = f"{_name(fn)}(table, {query}) for a {H}x{W} map, the large entry at offset {(dy, dx)}"
-            got = _call(fn, peaked.clone(), query)
+            call = f"{function_name(fn)}(table, {query}) for a {H}x{W} map, the large entry at offset {(dy, dx)}"
+            got = call_reader(fn, peaked.clone(), query)
             if isinstance(got, torch.Tensor):
                 got = got.tolist()
             if not isinstance(got, (tuple, list)) or len(got) != 2:

@@ -9,20 +9,20 @@ import torch.nn as nn
 
 import coatlib.inspection
 from coatlib.inspection import effective_receptive_field
-from coatlib.teaching.exercises._base import (
+from coatlib.teaching.exercises._solutions import gaussian_bump, locality_of_flat_table
+from coatlib.teaching.exercises.checking import (
     Forbidden,
     Wrong,
-    _call,
-    _check,
-    _compare,
-    _factor_hint,
-    _name,
-    _plain_number,
+    call_reader,
+    compare_tensors,
+    factor_hint,
+    function_name,
+    plain_number,
+    register_check,
 )
-from coatlib.teaching.exercises._solutions import gaussian_bump, locality_of_flat_table
 
 
-@_check
+@register_check
 def check_centre_gradient(fn: Callable) -> None:
     """``fn(net, images)``: the effective receptive field of ``net`` (images ``(B, C, H, W)`` to maps
     ``(B, D, h, w)``): the absolute gradient of the centre output ``(h // 2, w // 2)``, summed over its
@@ -58,18 +58,18 @@ def check_centre_gradient(fn: Callable) -> None:
             (raw("all"), "differentiate only the centre output position, not the sum of the whole map."),
         ]
         library = Forbidden(coatlib.inspection, "effective_receptive_field", "coatlib's effective_receptive_field")
-        got = _call(fn, net, images.clone(), forbidden=[library])
-        _compare(got, want, f"{_name(fn)}(net, images)", ("row", "col"), hints)
+        got = call_reader(fn, net, images.clone(), forbidden=[library])
+        compare_tensors(got, want, f"{function_name(fn)}(net, images)", ("row", "col"), hints)
 
 
-@_check
+@register_check
 def check_flat_locality(fn: Callable) -> None:
     """``fn(H, W, radius)``: the locality of a flat bias table (every head attends uniformly): the share of
     the ``H W`` keys with ``|dy| <= radius`` and ``|dx| <= radius``, averaged over the queries."""
     for H, W, radius in [(8, 8, 1), (4, 4, 1), (8, 8, 2), (5, 3, 1), (6, 6, 0)]:
         library = Forbidden(coatlib.inspection, "bias_locality", "coatlib's bias_locality")
-        call = f"{_name(fn)}({H}, {W}, {radius})"
-        got = _plain_number(_call(fn, H, W, radius, forbidden=[library]), call)
+        call = f"{function_name(fn)}({H}, {W}, {radius})"
+        got = plain_number(call_reader(fn, H, W, radius, forbidden=[library]), call)
         want = locality_of_flat_table(H, W, radius)
         if abs(got - want) > 1e-6:
             side = 2 * radius + 1
@@ -87,20 +87,20 @@ def check_flat_locality(fn: Callable) -> None:
                 ),
             ]
             hint = next((" Hint: " + text for value, text in hints if abs(got - value) < 1e-6), None)
-            hint = hint or _factor_hint(got, want)
+            hint = hint or factor_hint(got, want)
             raise Wrong(f"{call} returned {got:.5g}, expected {want:.5g}.{hint}")
 
 
-@_check
+@register_check
 def check_gaussian_table(fn: Callable) -> None:
     """``fn(H, W, sigma)``: the ``(2H-1, 2W-1)`` table ``w[dy, dx] = -(dy^2 + dx^2) / (2 sigma^2)``, row
     ``dy + H - 1`` and column ``dx + W - 1`` for the offset ``(dy, dx)``."""
     for H, W, sigma in [(4, 4, 1.0), (8, 8, 1.5), (3, 5, 0.7)]:
         want = gaussian_bump(H, W, sigma)
-        got = _call(fn, H, W, sigma)
+        got = call_reader(fn, H, W, sigma)
         if isinstance(got, torch.Tensor) and got.shape != want.shape:
             raise Wrong(
-                f"{_name(fn)}({H}, {W}, {sigma}) returned shape {tuple(got.shape)}; expected "
+                f"{function_name(fn)}({H}, {W}, {sigma}) returned shape {tuple(got.shape)}; expected "
                 f"{tuple(want.shape)}. Hint: one entry per offset: (2H-1) x (2W-1), offsets -(H-1) .. H-1."
             )
         hints = [
@@ -109,4 +109,4 @@ def check_gaussian_table(fn: Callable) -> None:
             (want * 2, "divide the squared distance by 2 sigma^2, not sigma^2."),
             (want.exp(), "the table holds logits, added before the softmax: leave out the exp."),
         ]
-        _compare(got, want, f"{_name(fn)}({H}, {W}, {sigma})", ("dy", "dx"), hints)
+        compare_tensors(got, want, f"{function_name(fn)}({H}, {W}, {sigma})", ("dy", "dx"), hints)

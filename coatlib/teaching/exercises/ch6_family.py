@@ -10,18 +10,18 @@ import torch
 from coatlib.layers import make_divisible
 from coatlib.models import swin
 from coatlib.models.swin import shift_mask, window_partition
-from coatlib.teaching.exercises._base import (
+from coatlib.teaching.exercises.checking import (
     Forbidden,
     Wrong,
-    _call,
-    _check,
-    _compare,
-    _compare_number,
-    _name,
+    call_reader,
+    compare_number,
+    compare_tensors,
+    function_name,
+    register_check,
 )
 
 
-@_check
+@register_check
 def check_scale_stage(fn: Callable) -> None:
     """``fn(channels, layers, width, depth)``: one row of EfficientNet-B0's table scaled by the compound
     coefficients ``width`` and ``depth``: ``(make_divisible(channels * width), ceil(layers * depth))``, the
@@ -38,12 +38,12 @@ def check_scale_stage(fn: Callable) -> None:
     ]
     for channels, layers, width, depth in cases:
         want = (make_divisible(channels * width), math.ceil(layers * depth))
-        call = f"{_name(fn)}{(channels, layers, width, depth)}"
-        got = _call(fn, channels, layers, width, depth)
+        call = f"{function_name(fn)}{(channels, layers, width, depth)}"
+        got = call_reader(fn, channels, layers, width, depth)
         if not isinstance(got, (tuple, list)) or len(got) != 2:
             raise Wrong(f"{call} returned {got!r}; return a pair (channels, layers).")
         c = channels * width
-        _compare_number(
+        compare_number(
             got[0],
             want[0],
             f"{call}, channels",
@@ -59,7 +59,7 @@ def check_scale_stage(fn: Callable) -> None:
                 ),
             ],
         )
-        _compare_number(
+        compare_number(
             got[1],
             want[1],
             f"{call}, layers",
@@ -73,7 +73,7 @@ def check_scale_stage(fn: Callable) -> None:
         )
 
 
-@_check
+@register_check
 def check_shift_mask(fn: Callable) -> None:
     """``fn(height, width, window, shift)``: the shifted-window attention mask of Swin for a ``height x width``
     map cut into ``window x window`` windows after a cyclic shift by ``shift`` rows and columns: a bool tensor
@@ -87,9 +87,9 @@ def check_shift_mask(fn: Callable) -> None:
 
     for h, w, win, s in [(8, 8, 4, 2), (12, 8, 4, 2), (14, 14, 7, 3), (6, 9, 3, 1)]:
         want = shift_mask(h, w, win, (s, s)) != 0
-        call = f"{_name(fn)}{(h, w, win, s)}"
+        call = f"{function_name(fn)}{(h, w, win, s)}"
         library = Forbidden(swin, "shift_mask", "coatlib's shift_mask")
-        got = _call(fn, h, w, win, s, forbidden=[library])
+        got = call_reader(fn, h, w, win, s, forbidden=[library])
         if isinstance(got, torch.Tensor) and got.dtype != torch.bool:
             raise Wrong(f"{call} returned a {got.dtype} tensor; return a bool tensor, True where attention is masked.")
         n = h // win * (w // win)
@@ -109,4 +109,4 @@ def check_shift_mask(fn: Callable) -> None:
                 "list the windows in reading order (row of windows by row of windows), as window_partition does.",
             ),
         ]
-        _compare(got, want, call, ("window", "query token", "key token"), hints)
+        compare_tensors(got, want, call, ("window", "query token", "key token"), hints)

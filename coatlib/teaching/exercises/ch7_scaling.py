@@ -14,15 +14,15 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.data import DistributedSampler
 
 import coatlib.memory
-from coatlib.teaching.exercises._base import (
+from coatlib.teaching.exercises.checking import (
     Forbidden,
     Wrong,
-    _call,
-    _check,
-    _compare,
-    _compare_number,
-    _name,
-    _randn,
+    call_reader,
+    compare_number,
+    compare_tensors,
+    function_name,
+    randn,
+    register_check,
 )
 
 
@@ -38,7 +38,7 @@ def _compare_sequence(got, want: list, call: str, hints: Sequence[tuple[list, st
         raise Wrong(f"{call} returned {got}, expected {want}.{hint}")
 
 
-@_check
+@register_check
 def check_channels_last_strides(fn: Callable) -> None:
     """``fn(shape)``: the strides, in elements, of a tensor of ``shape = (N, C, H, W)`` stored contiguously
     in the channels-last layout (memory order N, H, W, C), listed in the order of the dimensions N, C, H, W,
@@ -64,7 +64,7 @@ def check_channels_last_strides(fn: Callable) -> None:
             ),
         ]
         asking = Forbidden(torch.Tensor, "stride", "Tensor.stride (asking PyTorch)")
-        _compare_sequence(_call(fn, shape, forbidden=[asking]), want, f"{_name(fn)}({shape})", hints)
+        _compare_sequence(call_reader(fn, shape, forbidden=[asking]), want, f"{function_name(fn)}({shape})", hints)
 
 
 class _DtypeSpy(TorchFunctionMode):
@@ -81,13 +81,13 @@ class _DtypeSpy(TorchFunctionMode):
         return out
 
 
-@_check
+@register_check
 def check_round_to_bf16(fn: Callable) -> None:
     """``fn(x)``: the float32 tensor ``x`` rounded to the nearest bfloat16 number (ties to the even one), as
     a float32 tensor, computed on the bits (``x.view(torch.int32)``) without bfloat16 tensors. For finite
     ``x`` this equals ``x.to(torch.bfloat16).float()``."""
     g = torch.Generator().manual_seed(8)
-    x = _randn(g, 4000) * 10.0 ** torch.randint(-30, 30, (4000,), generator=g)
+    x = randn(g, 4000) * 10.0 ** torch.randint(-30, 30, (4000,), generator=g)
     kept = torch.randint(-(2**15), 2**15, (64,), generator=g, dtype=torch.int32) * 2**16  # bf16 bit patterns ...
     ties = (kept + 2**15).view(torch.float32)  # ... and the float32 numbers exactly halfway between two of them
     x = torch.cat([x, ties[ties.isfinite()], torch.tensor([0.0, -0.0, 1.0, -1.5, 3.0e38, 1e-40])])
@@ -112,20 +112,20 @@ def check_round_to_bf16(fn: Callable) -> None:
     ]
     spy = _DtypeSpy(torch.bfloat16)
     with spy:
-        got = _call(fn, x.clone())
+        got = call_reader(fn, x.clone())
     if spy.seen:
         raise Wrong(
-            f"{_name(fn)} made a bfloat16 tensor. Do the rounding yourself with integer operations on "
+            f"{function_name(fn)} made a bfloat16 tensor. Do the rounding yourself with integer operations on "
             f"x.view(torch.int32), then .view(torch.float32); the check compares with PyTorch's conversion."
         )
     if isinstance(got, torch.Tensor) and got.dtype != torch.float32:
         raise Wrong(
-            f"{_name(fn)} returned a {got.dtype} tensor; return float32 (use .view(torch.float32) on the bits)."
+            f"{function_name(fn)} returned a {got.dtype} tensor; return float32 (use .view(torch.float32) on the bits)."
         )
-    _compare(got, want, f"{_name(fn)}(x) for {len(x)} numbers", ("element",), hints, atol=0.0)
+    compare_tensors(got, want, f"{function_name(fn)}(x) for {len(x)} numbers", ("element",), hints, atol=0.0)
 
 
-@_check
+@register_check
 def check_shard_indices(fn: Callable) -> None:
     """``fn(n, world, rank)``: the indices of the samples that process ``rank`` of ``world`` processes gets in
     one epoch from ``DistributedSampler`` over ``n`` samples with ``shuffle=False``, as a list of ints in order:
@@ -154,8 +154,8 @@ def check_shard_indices(fn: Callable) -> None:
                 ),
             ]
             sampler = Forbidden(DistributedSampler, "__init__", "DistributedSampler")
-            got = _call(fn, n, world, rank, forbidden=[sampler])
-            _compare_sequence(got, want, f"{_name(fn)}({n}, {world}, {rank})", hints)
+            got = call_reader(fn, n, world, rank, forbidden=[sampler])
+            _compare_sequence(got, want, f"{function_name(fn)}({n}, {world}, {rank})", hints)
 
 
 def _shard_gradients(
@@ -175,7 +175,7 @@ def _shard_gradients(
     return [t / world for t in total] if reduce == "mean" else total
 
 
-@_check
+@register_check
 def check_ddp_gradient(fn: Callable) -> None:
     """``fn(model, images, labels, world)``: the gradient every process holds after DDP's all-reduce when
     ``world`` processes each compute the mean cross-entropy of ``model`` on their share of the batch, the
@@ -194,13 +194,13 @@ def check_ddp_gradient(fn: Callable) -> None:
         ).train()
     names = [name for name, _ in model.named_parameters()]
     for world, batch in [(2, 8), (4, 8), (3, 12)]:
-        images, labels = _randn(g, batch, 3, 6, 6), torch.randint(0, 5, (batch,), generator=g)
+        images, labels = randn(g, batch, 3, 6, 6), torch.randint(0, 5, (batch,), generator=g)
         want = _shard_gradients(model, images, labels, world)
         full = _shard_gradients(model, images, labels, 1)
         summed = _shard_gradients(model, images, labels, world, reduce="sum")
         first = _shard_gradients(model, images, labels, world, reduce="sum", shards=1)
-        call = f"{_name(fn)}(model, {batch} images, labels, world={world})"
-        got = _call(fn, copy.deepcopy(model), images.clone(), labels.clone(), world)
+        call = f"{function_name(fn)}(model, {batch} images, labels, world={world})"
+        got = call_reader(fn, copy.deepcopy(model), images.clone(), labels.clone(), world)
         if not isinstance(got, (list, tuple)) or len(got) != len(want):
             raise Wrong(
                 f"{call} returned {type(got).__name__} of length {len(got) if hasattr(got, '__len__') else '-'}; "
@@ -221,10 +221,10 @@ def check_ddp_gradient(fn: Callable) -> None:
                 (first[i], "that is the gradient of the first share only; average over all world shares."),
             ]
             axes = tuple(f"dim {d}" for d in range(want[i].ndim))
-            _compare(got[i], want[i], f"{call}, gradient of {name}", axes, hints)
+            compare_tensors(got[i], want[i], f"{call}, gradient of {name}", axes, hints)
 
 
-@_check
+@register_check
 def check_fsdp_state_bytes(fn: Callable) -> None:
     """``fn(n_params, gpus)``: the bytes of float32 weights, gradients and AdamW states (its two moving
     averages) that one of ``gpus`` GPUs holds when FSDP shards a model of ``n_params`` parameters into
@@ -251,4 +251,6 @@ def check_fsdp_state_bytes(fn: Callable) -> None:
             ),
         ]
         planner = Forbidden(coatlib.memory, "plan", "coatlib.memory.plan")
-        _compare_number(_call(fn, n, gpus, forbidden=[planner]), 16 * shard, f"{_name(fn)}({n:,}, {gpus})", hints)
+        compare_number(
+            call_reader(fn, n, gpus, forbidden=[planner]), 16 * shard, f"{function_name(fn)}({n:,}, {gpus})", hints
+        )

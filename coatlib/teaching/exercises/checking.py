@@ -1,4 +1,21 @@
-"""What every check shares: the report, the registry ``CHECKS`` and the comparisons."""
+"""The toolkit of the exercise checks: what every chapter's checks (``ch1_depthwise`` ... ``ch7_scaling``) use.
+
+A check is a function ``body(fn)`` that calls the reader's function and raises :class:`Wrong` with a
+message for the reader; ``@register_check`` turns it into ``check_xxx(fn, verbose=True)``, which prints
+and returns a :class:`CheckResult` and is listed in ``CHECKS`` (by name, for the grader)::
+
+    @register_check
+    def check_double(fn):
+        x = randn(torch.Generator().manual_seed(0), 3)
+        compare_tensors(call_reader(fn, x), 2 * x, f"{function_name(fn)}(x)", axes=("i",))
+
+* calling: ``call_reader(fn, *args, forbidden=...)`` calls the reader's function, turning its exceptions
+  (and a call of a ``Forbidden`` library function, or of the book's reference answers) into ``Wrong``;
+  ``counters()`` forbids the MAC counters in counting exercises;
+* comparing: ``compare_tensors`` (the first wrong value, by axis, with ``Hint``s), ``compare_number``,
+  ``plain_number``, ``factor_hint``;
+* reporting: ``function_name``, ``describe_args``; inputs: ``randn``.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +53,7 @@ class CheckResult:
 CHECKS: dict[str, Callable[..., CheckResult]] = {}
 
 
-def _check(body: Callable[[Callable], None]) -> Callable[..., CheckResult]:
+def register_check(body: Callable[[Callable], None]) -> Callable[..., CheckResult]:
     """Turn ``body(fn)``, which raises :class:`Wrong`, into a check that prints and returns a report."""
     name = body.__name__
 
@@ -65,7 +82,7 @@ def _refuse_library_function(fn: Callable) -> None:
     module = getattr(fn, "__module__", None) or ""
     if module.split(".")[0] in ("coatlib", "torch"):
         raise Wrong(
-            f"{module}.{_name(fn)} is the library's function, not yours: write your own and pass that to the check."
+            f"{module}.{function_name(fn)} is the library's function, not yours: write your own and pass that to the check."
         )
 
 
@@ -132,7 +149,7 @@ def _references() -> list[Forbidden]:
     ]
 
 
-def _call(fn: Callable, *args, forbidden: Sequence[Forbidden] = ()):
+def call_reader(fn: Callable, *args, forbidden: Sequence[Forbidden] = ()):
     """Call the reader's function (with the ``forbidden`` library calls made to raise); turn any exception
     into a report that names the call."""
     try:
@@ -140,26 +157,30 @@ def _call(fn: Callable, *args, forbidden: Sequence[Forbidden] = ()):
             return fn(*args)
     except _ForbiddenCall as e:
         raise Wrong(
-            f"{_name(fn)} calls {e.label}, which this exercise asks you not to use: compute it yourself."
+            f"{function_name(fn)} calls {e.label}, which this exercise asks you not to use: compute it yourself."
         ) from None
     except NotImplementedError:
-        raise Wrong(f"{_name(fn)} raises NotImplementedError: replace the stub with your code.") from None
+        raise Wrong(f"{function_name(fn)} raises NotImplementedError: replace the stub with your code.") from None
     except Exception as e:  # the reader's bug, reported, not raised
-        raise Wrong(f"{_name(fn)}({_describe(args)}) raised {type(e).__name__}: {e}") from None
+        raise Wrong(f"{function_name(fn)}({describe_args(args)}) raised {type(e).__name__}: {e}") from None
 
 
-def _name(fn: Callable) -> str:
+def function_name(fn: Callable) -> str:
+    """The reader's function's name, for a report."""
     return getattr(fn, "__name__", "your function")
 
 
-def _describe(args) -> str:
+def describe_args(args) -> str:
+    """The arguments of a call, for a report: a tensor by its shape, anything else by its ``repr``."""
     return ", ".join(f"tensor of shape {tuple(a.shape)}" if isinstance(a, torch.Tensor) else repr(a) for a in args)
 
 
 Hint = tuple[torch.Tensor, str] | Callable[[torch.Tensor, torch.Tensor], str | None]
 
 
-def _compare(got, want: torch.Tensor, call: str, axes: Sequence[str], hints: Sequence[Hint] = (), atol: float = 1e-5):
+def compare_tensors(
+    got, want: torch.Tensor, call: str, axes: Sequence[str], hints: Sequence[Hint] = (), atol: float = 1e-5
+):
     """Raise :class:`Wrong` naming the first difference between ``got`` and ``want``.
 
     ``hints`` are ``(mistaken_output, hint)`` pairs, whose hint is given when
@@ -202,7 +223,7 @@ def _hint(got: torch.Tensor, bad: torch.Tensor | None, hints: Sequence[Hint]) ->
     return ""
 
 
-def _factor_hint(got: float, want: float) -> str:
+def factor_hint(got: float, want: float) -> str:
     """A hint when the answer is the expected one times a factor (halved, doubled, negated...)."""
     if not want or not got:
         return ""
@@ -224,16 +245,17 @@ def _tensor_factor(want: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor],
     return hint
 
 
-def _compare_number(got, want: int, call: str, hints: Sequence[tuple[int, str]] = ()) -> None:
-    got = _plain_number(got, call)
+def compare_number(got, want: int, call: str, hints: Sequence[tuple[int, str]] = ()) -> None:
+    """Raise :class:`Wrong` unless ``got`` is the number ``want``; ``hints`` are ``(mistaken value, hint)`` pairs."""
+    got = plain_number(got, call)
     if got != want:
         hint = next((text for value, text in hints if got == value), None)
         raise Wrong(
-            f"{call} returned {got:,}, expected {want:,}." + (" Hint: " + hint if hint else _factor_hint(got, want))
+            f"{call} returned {got:,}, expected {want:,}." + (" Hint: " + hint if hint else factor_hint(got, want))
         )
 
 
-def _plain_number(got, call: str) -> float | int:
+def plain_number(got, call: str) -> float | int:
     """``got`` as a plain int or float (a subclass could redefine ``==``)."""
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.item()
@@ -256,5 +278,6 @@ def counters() -> tuple[Forbidden, ...]:
     )
 
 
-def _randn(g: torch.Generator, *shape: int) -> torch.Tensor:
+def randn(g: torch.Generator, *shape: int) -> torch.Tensor:
+    """Standard normal numbers of ``shape`` from the generator ``g``: a check's inputs, the same every time."""
     return torch.randn(shape, generator=g)
