@@ -80,7 +80,7 @@ def test_ci_runs_the_readme_test_command():
     commands = readme_commands()
     assert len(commands) == 2 and "\n" not in commands[1], commands
     test_command = commands[1]
-    assert "ruff check" in test_command and "pytest" in test_command
+    assert "ruff check" in test_command and "lint-imports" in test_command and "pytest" in test_command
 
     workflow = load(WORKFLOWS / "tests.yml")
     assert {"pull_request", "push"} <= set(triggers(workflow))
