@@ -14,7 +14,7 @@ from coatlib.blocks import FusedMBConv, InvertedResidual
 from coatlib.layers import DepthwiseConv, DropPath, Mlp
 from coatlib.models.convnext import ConvNeXt, ConvNeXtConfig
 from coatlib.models.efficientnet import EfficientNet, EfficientNetConfig, StageRow
-from coatlib.models.mobilenet import Bneck, ConvNet, MobileNetV3, MobileNetV3Config
+from coatlib.models.mobilenet import Bneck, MobileNetV3, MobileNetV3Config, PooledConvNet
 from coatlib.models.resnet import ResNet, ResNetConfig
 from coatlib.models.swin import MASKED, SwinConfig, SwinTransformer, WindowAttention, shift_mask
 from coatlib.models.vit import EncoderBlock, VisionTransformer, ViTConfig
@@ -167,7 +167,7 @@ def test_families_share_the_foundation_blocks():
     ConvNeXt's blocks are the shared depthwise conv and Mlp."""
     for name in ["mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_v2_s"]:
         model = build_meta(name)
-        assert isinstance(model, ConvNet)
+        assert isinstance(model, PooledConvNet)
         body = list(model.features[1:-1])
         blocks = [b for stage in body for b in stage] if name.startswith("efficientnet") else body
         assert all(isinstance(b, (InvertedResidual, FusedMBConv)) for b in blocks)

@@ -122,6 +122,8 @@ def mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return x.mean(1).tolist(), x.std(1).tolist()
 
 
-def check_image_size(name: str, image_size: int, minimum: int) -> None:
+def check_data_image_size(name: str, image_size: int, minimum: int) -> None:
+    """Refuse an ``image_size`` the data set ``name`` cannot be made at: an int of at least ``minimum``
+    pixels. (A model's own check of the sizes it takes is ``coatlib.layers.check_image_size``.)"""
     if not isinstance(image_size, int) or image_size < minimum:
         raise ValueError(f"{name}: image_size must be an int >= {minimum}, got {image_size!r}")

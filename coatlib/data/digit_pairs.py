@@ -36,7 +36,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from coatlib.data.base import ImageDataset, check_image_size, resize
+from coatlib.data.base import ImageDataset, check_data_image_size, resize
 from coatlib.data.digits import source_splits
 
 LABELS = ("pair", "digit")
@@ -63,7 +63,7 @@ class DigitPairs(ImageDataset):
         label: str = "pair",
         clutter: int = 8,
     ):
-        check_image_size("digit_pairs", image_size, 64)
+        check_data_image_size("digit_pairs", image_size, 64)
         if image_size % 16:
             raise ValueError(f"digit_pairs: image_size must be a multiple of 16, got {image_size}")
         if label not in LABELS:

@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import torch
 
-from coatlib.data.base import Augment, TensorImages, check_image_size, mean_std, resize
+from coatlib.data.base import Augment, TensorImages, check_data_image_size, mean_std, resize
 
 TEST_SIZE = 360
 
@@ -44,7 +44,7 @@ def _splits(image_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
 def digits(split: str = "train", image_size: int = 32, channels: int = 3) -> TensorImages:
     """The ``split`` ("train": 1,437 images, "test": 360) of the digits, ``image_size`` square."""
-    check_image_size("digits", image_size, 8)
+    check_data_image_size("digits", image_size, 8)
     splits = _splits(image_size)
     mean, std = mean_std(splits["train"][0])
     augment = Augment(shift=image_size // 16) if split == "train" else None

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from coatlib.data.base import ImageDataset, check_image_size
+from coatlib.data.base import ImageDataset, check_data_image_size
 
 GLYPH_CELLS = 4
 SIZES = {"train": 10_000, "test": 2_000}
@@ -51,7 +51,7 @@ class SameDifferent(ImageDataset):
         seed: int = 0,
         glyphs: int | None = None,
     ):
-        check_image_size("same_different", image_size, 16)
+        check_data_image_size("same_different", image_size, 16)
         super().__init__(["different", "same"], MEAN, STD, channels, image_size)
         self.size = SIZES[split] if size is None else size
         if not isinstance(self.size, int) or self.size < 1:

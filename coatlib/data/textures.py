@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from coatlib.data.base import Augment, TensorImages, check_image_size, mean_std, resize
+from coatlib.data.base import Augment, TensorImages, check_data_image_size, mean_std, resize
 
 # class name -> skimage.data function
 SOURCES = {
@@ -67,7 +67,7 @@ def _splits(image_size: int, crop: int) -> dict[str, tuple[torch.Tensor, torch.T
 
 def textures(split: str = "train", image_size: int = 32, channels: int = 3, crop: int = 64) -> TensorImages:
     """The ``split`` ("train": 2,400 crops, "test": 600) of the texture crops, ``image_size`` square."""
-    check_image_size("textures", image_size, 8)
+    check_data_image_size("textures", image_size, 8)
     splits = _splits(image_size, crop)
     mean, std = mean_std(splits["train"][0])
     augment = Augment(rot90=True, jitter=0.2) if split == "train" else None

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coatlib.data.base import Augment, ImageDataset, check_image_size
+from coatlib.data.base import Augment, ImageDataset, check_data_image_size
 
 DEFAULT_ROOT = Path("~/.cache/coatlib/data").expanduser()
 CIFAR10_MEAN, CIFAR10_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
@@ -93,7 +93,7 @@ def _photos(name, make, split, image_size, channels, download, root, mean, std) 
     training images are flipped and shifted by up to 1/8 of their size."""
     from coatlib.data import OFFLINE
 
-    check_image_size(name, image_size, 8)
+    check_data_image_size(name, image_size, 8)
     root = str(Path(root or DEFAULT_ROOT))
     offline = f"The offline data sets are {', '.join(OFFLINE)} (coatlib.data.load(name, ...))."
     try:

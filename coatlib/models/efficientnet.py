@@ -13,7 +13,7 @@
   3x3, no SE) in the early stages, MBConv later (Table 4 for S; M and L from
   the reference code).
 
-Both reuse MobileNet's ``ConvNet`` skeleton and torchvision's module names.
+Both reuse MobileNet's ``PooledConvNet`` skeleton and torchvision's module names.
 Stochastic depth (``drop_path_rate``, default 0.2 as in the papers' training)
 acts on the residual blocks only.
 """
@@ -29,7 +29,7 @@ import torch.nn as nn
 from coatlib.blocks import FusedMBConv, InvertedResidual
 from coatlib.checkpoints import Convert, Rename, as_is, renamer
 from coatlib.layers import ConvNormAct, drop_path_rates, make_divisible
-from coatlib.models.mobilenet import ConvNet, inverted_residual_rules
+from coatlib.models.mobilenet import PooledConvNet, inverted_residual_rules
 from coatlib.registry import register_model
 
 SiLU = partial(nn.SiLU, inplace=True)
@@ -101,7 +101,7 @@ CONFIGS: dict[str, EfficientNetConfig] = {
 del M, F
 
 
-class EfficientNet(ConvNet):
+class EfficientNet(PooledConvNet):
     """EfficientNet B0-B7 / EfficientNetV2 from a config table: a 3x3 stride-2 stem conv, one
     ``nn.Sequential`` of ``InvertedResidual`` (MBConv) or ``FusedMBConv`` blocks per table row, a 1x1 head conv, dropout and a linear classifier.
 

@@ -11,7 +11,7 @@
   squeeze-excitation (hard-sigmoid gate), hard-swish in the deeper half and
   5x5 kernels, found by architecture search (Tables 1 and 2).
 
-All three share one skeleton, ``ConvNet``: ``features`` (stem conv, blocks, a
+All three share one skeleton, ``PooledConvNet``: ``features`` (stem conv, blocks, a
 final 1x1 conv), global average pooling and a ``classifier``; EfficientNet
 reuses it too. Module names follow torchvision's.
 """
@@ -44,10 +44,12 @@ ReLU6 = partial(nn.ReLU6, inplace=True)
 Hardswish = partial(nn.Hardswish, inplace=True)
 
 
-class ConvNet(nn.Module):
-    """``features`` (a sequence of conv stages) -> global average pooling -> ``classifier``.
+class PooledConvNet(nn.Module):
+    """A convolutional network pooled once: ``features`` (a sequence of conv stages) -> global average
+    pooling -> ``classifier``.
 
-    The skeleton of MobileNet V1-V3 and EfficientNet. Takes any image size >= 32.
+    The skeleton of MobileNet V1-V3 and of EfficientNet (``coatlib.models.efficientnet``). Takes any image
+    size >= 32.
     """
 
     def __init__(self, features: list[nn.Module], classifier: nn.Module, in_chans: int, image_size):
@@ -85,7 +87,7 @@ class DepthwiseSeparable(nn.Sequential):
         ))  # fmt: skip
 
 
-class MobileNetV1(ConvNet):
+class MobileNetV1(PooledConvNet):
     """MobileNet V1 (Howard et al. 2017, Table 1; width multiplier 1, 224 px).
 
     ReLU as in the paper (timm's port of the TF-slim model uses ReLU6; the
@@ -107,7 +109,7 @@ class MobileNetV1(ConvNet):
 V2_ROWS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
 
-class MobileNetV2(ConvNet):
+class MobileNetV2(PooledConvNet):
     """MobileNet V2 (Sandler et al. 2018, Table 2): a 32-channel stem, 17 inverted residual
     blocks (``InvertedResidual``, ReLU6, stride on the depthwise conv), a 1x1 conv to 1280, dropout 0.2."""
 
@@ -178,7 +180,7 @@ V3_CONFIGS = {
 del B
 
 
-class MobileNetV3(ConvNet):
+class MobileNetV3(PooledConvNet):
     """MobileNet V3 Large / Small (Howard et al. 2019, Tables 1 and 2).
 
     Each row is an ``InvertedResidual`` whose squeeze-excitation squeezes to a quarter of
