@@ -102,34 +102,61 @@ def test_instructors_handout_lists_every_chapter():
     assert written == [p.name for p in TOC_NOTEBOOKS]
 
 
-def test_preface_commands_exist():
-    """Every command the preface tells the reader to run is one this installation provides."""
+def preface_commands() -> list[str]:
+    """The commands the preface tells the reader to run: its ``bash`` blocks' lines (comments cut) and the
+    ``python -m ...`` commands of its text, each command of an ``a && b`` line on its own."""
+    preface = (ROOT / "book" / "preface.md").read_text(encoding="utf-8")
+    lines = [
+        line.split("#")[0] for block in re.findall(r"```bash\n(.*?)```", preface, re.S) for line in block.splitlines()
+    ]
+    lines += re.findall(r"`(python -m [^`]+)`", preface)
+    return [part.strip() for line in lines for part in line.split("&&") if part.strip()]
+
+
+def command_problem(command: str) -> str | None:
+    """Why ``command`` cannot run in this installation, or None: its program must exist, its subcommand
+    (``lab``, ``build``, ``execute``, ...) must answer ``--help``, and that help must name each of its options."""
+    import shlex
     import shutil
     import subprocess
     import sys
 
-    preface = (ROOT / "book" / "preface.md").read_text(encoding="utf-8")
-    commands = [
-        line.split("#")[0].strip()
-        for block in re.findall(r"```bash\n(.*?)```", preface, re.S)
-        for line in block.splitlines()
-        if line.strip()
-    ]
-    assert "jupyter lab notebooks/" in commands
-    for command in commands:
-        if command.startswith("python -m coatlib"):
-            module = command.split()[2]
-            assert (
-                subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True).returncode == 0
-            )
-    if "jupyter lab notebooks/" in commands:
-        if (
-            shutil.which("jupyter") is None
-            or subprocess.run(["jupyter", "lab", "--version"], capture_output=True).returncode != 0
-        ):
-            pytest.skip(
-                "JupyterLab is not installed here (requirements.txt brings it: pip install -r requirements.txt)"
-            )
+    program, *args = shlex.split(command.replace("<chapter>", "chapter"))
+    if program == "cd":  # the shell's own
+        return None
+    if program == "python" and args[:1] == ["-m"]:
+        argv, program, args = [sys.executable, "-m", args[1]], f"python -m {args[1]}", args[2:]
+    elif program == "pip":
+        argv = [sys.executable, "-m", "pip"]
+    elif shutil.which(program) is None:
+        return f"{program} is not installed (pip install -r requirements.txt brings the Python ones)"
+    else:
+        argv = [program]
+    if program == "git":  # git clone URL: git's own, nothing of this installation to check
+        return None
+    sub = [a for a in args[:1] if a.isidentifier() and not (ROOT / a).exists()]  # a subcommand, not a path
+    found = subprocess.run([*argv, *sub, "--help"], cwd=ROOT, capture_output=True, text=True)
+    if found.returncode != 0:
+        return f"{' '.join([program, *sub])} --help failed: {(found.stderr or found.stdout).strip()[-300:]}"
+    options = [a.split("=")[0] for a in args if a.startswith("-")]
+    unknown = [o for o in options if not re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", found.stdout)]
+    return f"{' '.join([program, *sub])} has no option {', '.join(unknown)}" if unknown else None
+
+
+def test_preface_commands_exist():
+    """Every command the preface tells the reader to run is one this installation provides."""
+    commands = preface_commands()
+    assert "jupyter lab notebooks/" in commands and "python -m coatlib.teaching.book execute" in " ".join(commands)
+    problems = {command: command_problem(command) for command in commands}
+    assert {c: p for c, p in problems.items() if p} == {}
+
+
+def test_a_broken_preface_command_is_caught():
+    assert command_problem("python -m coatlib.teaching.book execute notebooks/x.ipynb") is None
+    assert "No module named 'coatlib.teching'" in command_problem("python -m coatlib.teching.book execute")
+    assert "has no option --keep-goin" in command_problem("jupyter-book build . -W --keep-goin")
+    assert "has no option --nbval-sanitise-with" in command_problem("python -m pytest --nbval-sanitise-with x.cfg")
+    assert "is not installed" in command_problem("jupyterr lab notebooks/")
 
 
 def test_preface_install_instructions_bring_jupyterlab():

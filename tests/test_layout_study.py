@@ -5,6 +5,7 @@ import math
 import shutil
 
 import pytest
+import torch
 
 import coatlib.studies.layouts as layouts
 from coatlib.flops import count_params
@@ -33,8 +34,8 @@ def quick(tmp_path_factory):
 
 
 def test_quick_study_runs_every_stage_and_records_it(quick):
-    out, record = quick
-    assert record == json.loads((out / "layout_study_quick.json").read_text())
+    out, _ = quick
+    record = json.loads((out / "layout_study_quick.json").read_text())  # what the chapter reads: the file
     assert record["command"] == f"python -m coatlib.studies layouts --quick --out {out} --quiet"
     assert record["versions"]["torch"] and record["hardware"]["workers"] == 1
     s = record["settings"]
@@ -52,6 +53,9 @@ def test_quick_study_runs_every_stage_and_records_it(quick):
         + [("local", "real", s["local_size"])]
     }
     assert sorted((r["layout"], r["task"], r["world"], r["size"], r["seed"]) for r in study) == sorted(expected)
+    for layout in LAYOUTS:  # the chosen rate: the grid's rate whose pilot run ended with the lowest online loss
+        pilots = {r["lr"]: r["online_loss"] for r in record["runs"] if r["kind"] == "lr" and r["layout"] == layout}
+        assert sorted(pilots) == sorted(s["lr_grid"]) and pilots[record["lr"][layout]] == min(pilots.values())
     for r in study:
         assert r["lr"] == record["lr"][r["layout"]] and r["amp"] == s["amp"]  # one rate in every regime
         assert r["steps"] == (s["local_steps"] if r["task"] == "local" else s["steps"])  # the same steps
@@ -226,13 +230,32 @@ def test_matched_sizes_within_ten_percent_only_the_last_width_changing(preset):
     assert settings["image_size"] // 16 >= 8  # S3 and ViT-Rel see at least 8x8 maps
 
 
-def test_presets_have_the_issues_design():
-    for preset in (CPU, FULL):
-        assert max(preset["sizes"]) >= 16 * min(preset["sizes"]) and len(preset["sizes"]) >= 3
-        assert len(preset["seeds"]) >= 3 and len(preset["lr_grid"]) >= 3
-        seen = preset["steps"] * preset["batch_size"]
-        assert all(seen % n == 0 for n in preset["sizes"])  # whole passes over each fixed set
-    assert 3e6 <= min(m["params"] for m in study_models(json.loads(json.dumps(FULL))).values()) <= 5e6
+@pytest.mark.parametrize(
+    "preset, seen, passes",
+    [(CPU, 24_000, (32, 8, 2)), (FULL, 128_000, (64, 16, 4))],  # the numbers the presets' comments promise
+)
+def test_presets_see_the_images_and_passes_they_promise(preset, seen, passes):
+    assert preset["steps"] * preset["batch_size"] == seen
+    assert [seen / n for n in preset["sizes"]] == list(passes)  # whole passes over each fixed set, 16x apart
+    assert len(preset["seeds"]) >= 3 and len(preset["lr_grid"]) >= 3
+
+
+def test_gpu_preset_models_take_its_batches_and_match_in_size():
+    """The GPU preset runs nowhere here: build its five models on the meta device (shapes, no memory),
+    at its image size, and run one of its batches through each."""
+    settings = json.loads(json.dumps(FULL))
+    with torch.device("meta"):
+        models = {
+            layout: study_model({"models": study_models(settings), "settings": settings}, layout) for layout in LAYOUTS
+        }
+        params = {layout: count_params(model) for layout, model in models.items()}
+        for layout, model in models.items():
+            out = model(torch.empty(settings["batch_size"], 3, settings["image_size"], settings["image_size"]))
+            assert out.shape == (256, 100), layout  # batch 256, the 100 classes of digit_pairs' pairs
+    assert all(3.0e6 <= p <= 3.6e6 for p in params.values()), params  # "about 3.3M parameters"
+    assert max(params.values()) / min(params.values()) < 1.10  # matched: within 10% of each other
+    s3 = models["C-C-T-T"].stages[2].blocks[0].attn.map_size
+    assert s3 == (8, 8)  # 128 px: S3's attention sees 8x8 maps, as the CPU preset's
 
 
 def test_study_model_rebuilds_each_layout_from_the_record(quick):
