@@ -13,6 +13,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from coatlib.teaching import coursework as cw
+from coatlib.teaching import student_edition as se
 from coatlib.teaching.book import BEGIN_SOLUTION, END_SOLUTION, INSTALL_TAG, SOLUTION_TAG, find_root, toc_notebooks
 
 RECEPTIVE_FIELD = """\
@@ -77,7 +78,7 @@ def sources(nb):
 
 def test_student_edition_removes_solutions_keeps_the_rest_and_clears_outputs():
     original = chapter()
-    student = cw.student_notebook(original)
+    student = se.student_notebook(original)
     text = "\n".join(sources(student))
     assert "{solution" not in text and BEGIN_SOLUTION not in text and "print('the answer')" not in text
     assert "k - 1" not in text and "k * k + c_out" not in text
@@ -92,7 +93,7 @@ def test_student_edition_removes_solutions_keeps_the_rest_and_clears_outputs():
         "    # YOUR CODE HERE\n    raise NotImplementedError",
     ]
     assert all(not cell.outputs and cell.execution_count is None for cell in student.cells if cell.cell_type == "code")
-    assert student.metadata[cw.METADATA_KEY]["checks"] == {
+    assert student.metadata[se.METADATA_KEY]["checks"] == {
         "ex-rf": ["check_receptive_field"],
         "ex-macs": ["check_mbconv_macs"],
     }
@@ -101,7 +102,7 @@ def test_student_edition_removes_solutions_keeps_the_rest_and_clears_outputs():
 
 def test_stub_keeps_indentation_and_code_outside_the_markers():
     source = f"x = 1\nif x:\n    {BEGIN_SOLUTION}\n    y = 2\n    {END_SOLUTION}\n    z = 3\n{BEGIN_SOLUTION}\nw = 4\n{END_SOLUTION}"
-    assert cw.stub_solution(source) == (
+    assert se.stub_solution(source) == (
         "x = 1\nif x:\n    # YOUR CODE HERE\n    raise NotImplementedError\n    z = 3\n# YOUR CODE HERE\nraise NotImplementedError"
     )
 
@@ -116,7 +117,7 @@ def test_stub_keeps_indentation_and_code_outside_the_markers():
 )
 def test_unbalanced_markers_are_refused(source, error):
     with pytest.raises(ValueError, match=error):
-        cw.stub_solution(source)
+        se.stub_solution(source)
 
 
 def broken(change):
@@ -140,12 +141,12 @@ def broken(change):
 )
 def test_notebooks_that_break_the_conventions_are_refused_not_leaked(nb, error):
     with pytest.raises(ValueError, match=error):
-        cw.student_notebook(nb)
+        se.student_notebook(nb)
 
 
 def test_directives_skip_plain_code_fences_and_nested_directives():
     text = "```python\n```{solution} not-a-directive\n```\n\n````{exercise} Title\n:label: ex-a\n:class: x\n```{note}\nin\n```\n````\ntail"
-    [exercise] = cw.directives(text)
+    [exercise] = se.directives(text)
     assert (exercise.name, exercise.argument, exercise.options) == (
         "exercise",
         "Title",
@@ -157,7 +158,7 @@ def test_directives_skip_plain_code_fences_and_nested_directives():
 def test_student_edition_refuses_to_overwrite_the_originals(tmp_path):
     path = write(chapter(), tmp_path / "chapter.ipynb")
     with pytest.raises(ValueError, match="overwrite the original"):
-        cw.write_student_edition([path], tmp_path)
+        se.write_student_edition([path], tmp_path)
 
 
 def book_notebooks():
@@ -167,7 +168,7 @@ def book_notebooks():
 @pytest.mark.parametrize("path", book_notebooks(), ids=lambda p: p.stem)
 def test_the_book_student_edition_hides_every_answer_and_grades_the_same_exercises(path):
     original = nbformat.read(path, as_version=4)
-    student = cw.student_notebook(original)
+    student = se.student_notebook(original)
     text = nbformat.writes(student)
     answers = [
         cell.source.split(BEGIN_SOLUTION)[1].split(END_SOLUTION)[0]
@@ -177,13 +178,13 @@ def test_the_book_student_edition_hides_every_answer_and_grades_the_same_exercis
     assert all(answer.strip() and answer not in text for answer in answers)
     assert text.count("raise NotImplementedError") == len(answers)
     assert "{solution" not in text
-    plan, _ = cw.grading_plan(original)
-    assert list(student.metadata[cw.METADATA_KEY]["checks"]) == list(plan), "the check cells keep their exercise"
+    plan, _ = se.grading_plan(original)
+    assert list(student.metadata[se.METADATA_KEY]["checks"]) == list(plan), "the check cells keep their exercise"
     solved = [
         d.argument
         for cell in original.cells
         if cell.cell_type == "markdown"
-        for d in cw.directives(cell.source)
+        for d in se.directives(cell.source)
         if d.name == "solution-start"
     ]
     assert set(solved) <= set(plan), "every code exercise has a check cell"
@@ -196,7 +197,7 @@ CHAPTER_1 = "01_depthwise_convolution"
 
 
 def handout_of_chapter_1(tmp_path):
-    [handout] = cw.write_student_edition(
+    [handout] = se.write_student_edition(
         [find_root(__file__) / "notebooks" / f"{CHAPTER_1}.ipynb"], tmp_path / "handout"
     )
     return nbformat.read(handout, as_version=4)
@@ -210,7 +211,7 @@ def solve(nb, function, body):
 
 
 def check_cells(nb):
-    return [c for c in nb.cells if c.cell_type == "code" and cw.called_checks(c.source) and "import" not in c.source]
+    return [c for c in nb.cells if c.cell_type == "code" and se.called_checks(c.source) and "import" not in c.source]
 
 
 # The issue's gaming submissions, and more; each stays wrong in the way the comment says.
@@ -238,7 +239,7 @@ GAMING = {
     # stubs, the check cells deleted and the coursework metadata stripped
     "deletes-check-cells": lambda nb: (
         [nb.cells.remove(c) for c in check_cells(nb)],
-        nb.metadata.pop(cw.METADATA_KEY, None),
+        nb.metadata.pop(se.METADATA_KEY, None),
     ),
     # a wrong answer whose call patches the check module, so that later checks pass
     "patches-when-called": lambda nb: solve(
@@ -382,11 +383,11 @@ def test_in_the_handout_only_check_cells_call_a_stub(path):
     cell catches NotImplementedError (and says what to write first)."""
     import re
 
-    student = cw.student_notebook(nbformat.read(path, as_version=4))
+    student = se.student_notebook(nbformat.read(path, as_version=4))
     stubs: set[str] = set()  # defined so far, in the order of the cells
     for index, cell in enumerate(student.cells):
         stubs |= stubbed_functions(cell)
-        if cell.cell_type != "code" or SOLUTION_TAG in cell.metadata.get("tags", []) or cw.called_checks(cell.source):
+        if cell.cell_type != "code" or SOLUTION_TAG in cell.metadata.get("tags", []) or se.called_checks(cell.source):
             continue
         used = [name for name in stubs if re.search(rf"(?<![\w.]){name}\s*\(", cell.source)]
         assert not used or "except NotImplementedError" in cell.source, (index, used)
@@ -399,7 +400,7 @@ def test_a_fresh_handout_runs_to_the_end_and_the_book_passes(tmp_path, stem):
     own notebook passes every exercise. (The other chapters: the static test above; all nine hand-outs
     ran to the end when this was written, see book/instructors.md.)"""
     path = find_root(__file__) / "notebooks" / f"{stem}.ipynb"
-    [handout] = cw.write_student_edition([path], tmp_path)
+    [handout] = se.write_student_edition([path], tmp_path)
     student = cw.grade_notebook(handout)
     book = cw.grade_notebook(path, execute=False)  # nbval runs the book's notebooks
     assert student.problem is None, student.problem
@@ -415,12 +416,12 @@ def test_the_grader_knows_every_code_exercise_of_the_chapter(path):
     from coatlib.teaching.exercises import EXERCISES
 
     nb = nbformat.read(path, as_version=4)
-    plan, _ = cw.grading_plan(nb)
+    plan, _ = se.grading_plan(nb)
     registered = {e.label: e for e in EXERCISES.get(path.stem, [])}
     assert set(registered) == set(plan)
     definitions = "\n".join(cw.submitted_definitions(nb))
     for label, cells in plan.items():
-        assert cw._checks_of(nb, cells) == [registered[label].check]
+        assert se.checks_of(nb, cells) == [registered[label].check]
         assert f"def {registered[label].function}(" in definitions
 
 
