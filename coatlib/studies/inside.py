@@ -34,7 +34,7 @@ from coatlib.inspection import (
 from coatlib.models.coatnet import CONFIGS, CoAtNet, parse_layout
 from coatlib.studies import layouts
 from coatlib.studies.layouts import stored_config
-from coatlib.studies.records import check_workers, pool, read_record, results_folder, save
+from coatlib.studies.records import check_workers, hardware, pool, read_record, results_folder, save
 from coatlib.train import evaluate, fit, warmup_cosine
 
 INSIDE = {
@@ -120,7 +120,7 @@ def inside(
             "settings": settings,
             "models": inside_models(settings),
             "budget": inside_budget(settings),
-            "hardware": layouts._hardware("cuda" if torch.cuda.is_available() else None, workers),
+            "hardware": hardware("cuda" if torch.cuda.is_available() else None, workers),
             "results": [],
         }
         save(record, path, command)

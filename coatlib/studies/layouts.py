@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
@@ -53,7 +52,7 @@ from coatlib.flops import count_flops, count_params
 from coatlib.models.coatnet import CONFIGS, CoAtNet, CoAtNetConfig
 from coatlib.studies import stats
 from coatlib.studies.bag_of_features import bag_of_features
-from coatlib.studies.records import check_workers, pool, read_record, save
+from coatlib.studies.records import check_workers, hardware, pool, read_record, save
 from coatlib.train import evaluate, fit
 
 LAYOUTS = ("ViT-Rel", "C-C-C-C", "C-C-C-T", "C-C-T-T", "C-T-T-T")
@@ -352,7 +351,7 @@ def layout_study(
     if record is None:
         record = {"experiment": "layout_study", "preset": preset, "settings": settings, "paper": PAPER, "runs": []}
         record["models"] = study_models(settings)
-        record["hardware"] = _hardware(device, workers)
+        record["hardware"] = hardware(device, workers)
         record["earlier_pilots"] = [_earlier(p) for p in earlier]
     cache = path.parent / f"layout_study_{preset}_images"
     prepare_images(settings, cache, workers)
@@ -560,29 +559,11 @@ def study_verdicts(record: dict) -> dict[str, list[stats.Verdict]]:
     return out
 
 
-def _hardware(device: str | None, workers: int) -> dict:
-    import platform
-
-    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "")
-    info = {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "workers": workers}
-    info["threads"] = torch.get_num_threads()
-    if device and device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def _earlier(path: str | Path) -> dict:
     """What an abandoned attempt's record holds that matters: its settings, gate and runs."""
     record = study_results(path)
     keep = ("command", "date", "versions", "hardware", "settings", "lr", "gate", "runs")
     return {"file": Path(path).name, **{k: record[k] for k in keep if k in record}}
-
-
-def _cpuinfo() -> list[str]:
-    try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
 
 
 def _line(r: dict) -> str:

@@ -7,7 +7,11 @@ import contextlib
 import datetime
 import json
 import multiprocessing
+import os
+import platform
 from pathlib import Path
+
+import torch
 
 from coatlib.train import versions
 
@@ -72,3 +76,20 @@ def results_folder(out: str | Path) -> Path:
         )
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def hardware(device: str | None, workers: int) -> dict:
+    """The machine a study ran on, for its record: platform, CPU, cores, workers, threads and the GPU."""
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "")
+    info = {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "workers": workers}
+    info["threads"] = torch.get_num_threads()
+    if device and device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
