@@ -261,7 +261,7 @@ def download_from_hub(hub_id: str, what: str, local: str) -> dict[str, torch.Ten
         from safetensors.torch import load_file  # noqa: F401 (read_checkpoint needs it)
     except ImportError:
         raise ImportError(
-            f"{what} downloads timm's weights with huggingface_hub and safetensors, which are not "
+            f"{what} downloads the weights with huggingface_hub and safetensors, which are not "
             f"installed: {INSTALL_HINT} (and be online), or {local}"
         ) from None
     offline = ConnectionError(
