@@ -9,6 +9,8 @@ when it is still not importable. ``digits16`` is the small digits set the tests 
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,3 +45,22 @@ def timm():
 def digits16():
     """512 training and all 360 test digits at 16x16: 8 steps of 64 per epoch (tests of fit)."""
     return Subset(load("digits", "train", image_size=16), range(512)), load("digits", "test", image_size=16)
+
+
+ROOT_DIR = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def html(tmp_path_factory):
+    """The book built once per test session (HTML, warnings as errors): its _build/html folder."""
+    if shutil.which("jupyter-book") is None:
+        pytest.skip("jupyter-book is not installed")
+    out = tmp_path_factory.mktemp("book")
+    run = subprocess.run(
+        ["jupyter-book", "build", str(ROOT_DIR), "--path-output", str(out), "-W", "--keep-going"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, f"the book does not build without warnings:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    return out / "_build" / "html"

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -193,21 +191,6 @@ def test_figures_are_opaque_and_present(path):
 
 
 # --- the HTML book -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def html(tmp_path_factory):
-    if shutil.which("jupyter-book") is None:
-        pytest.skip("jupyter-book is not installed")
-    out = tmp_path_factory.mktemp("book")
-    run = subprocess.run(
-        ["jupyter-book", "build", str(ROOT), "--path-output", str(out), "-W", "--keep-going"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, f"the book does not build without warnings:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
-    return out / "_build" / "html"
 
 
 class _Links(HTMLParser):

@@ -13,10 +13,21 @@ against, and the ones the HTML book shows (the book build never executes).
 Conventions every chapter notebook follows (``tests/test_book.py`` checks
 them, and the coursework tools build the student edition on them):
 
-* **Install cell.** The first code cell (tag ``install``) imports ``coatlib``
-  and, only when that fails (e.g. in Colab), pip-installs it from the book's
-  repository. The URL and branch are written in one place, ``repository.url``
-  and ``repository.branch`` in ``_config.yml``; ``execute`` stamps them in.
+* **Title and goals.** The first cell is the title (``# ...``), then the learning
+  goals in an ``{admonition} Learning goals`` directly under it.
+* **Install cell.** The first code cell (tags ``install`` and ``remove-cell``)
+  imports ``coatlib`` and, only when that fails (e.g. in Colab), pip-installs
+  it from the book's repository. The URL and branch are written in one place,
+  ``repository.url`` and ``repository.branch`` in ``_config.yml``; ``execute``
+  stamps them in. The HTML book leaves the cell out.
+* **Import cell.** The second code cell holds the chapter's imports, tagged
+  ``hide-cell`` (folded away in the HTML book, shown in Jupyter and Colab), and
+  calls :func:`coatlib.viz.use_book_style`.
+* **Figures and numbers.** Every figure is glued (``glue("fig-...", fig,
+  display=False)``) and shown by a ``{glue:figure}`` directive with a ``:name:``
+  and a caption that states the figure's point. Every number the prose quotes
+  from an output is glued too and written ``{glue:text}`name:.3f```;
+  :mod:`coatlib.teaching.reader_checks` finds the ones still typed by hand.
 * **Exercises.** A markdown cell holds a sphinx-exercise directive with a
   label, ``{exercise}`` ... ``:label: ex-...``. Its solution follows, collapsed
   (``:class: dropdown``):
@@ -45,6 +56,10 @@ import sys
 from pathlib import Path
 
 INSTALL_TAG = "install"
+# The install and import cells are for Colab and Jupyter; the HTML book removes the first and folds
+# the second away (Jupyter Book's cell tags).
+INSTALL_TAGS = [INSTALL_TAG, "remove-cell"]
+IMPORT_TAG = "hide-cell"
 SOLUTION_TAG = "solution"
 BEGIN_SOLUTION = "# BEGIN SOLUTION"
 END_SOLUTION = "# END SOLUTION"
@@ -122,11 +137,12 @@ def stamp_install_cell(nb, source: str) -> None:
         if cell.cell_type == "code":
             if INSTALL_TAG in cell.metadata.get("tags", []):
                 cell.source = source
+                cell.metadata["tags"] = INSTALL_TAGS + [t for t in cell.metadata["tags"] if t not in INSTALL_TAGS]
                 return
             break
     else:
         index = len(nb.cells)
-    cell = nbformat.v4.new_code_cell(source, metadata={"tags": [INSTALL_TAG]})
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": list(INSTALL_TAGS)})
     nb.cells.insert(index, cell)
 
 
