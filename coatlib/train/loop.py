@@ -190,10 +190,7 @@ def fit(
     )
     if compile:
         net = torch.compile(net)
-    optimizer = torch.optim.AdamW(param_groups(model, weight_decay, lr, table_lr_scale), lr=lr)
-    warmup_steps, total_steps = round(warmup_epochs * place.steps_per_epoch), epochs * place.steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup_steps, total_steps))
-    scaler = torch.amp.GradScaler(place.device.type, enabled=amp == "fp16")
+    optimizer, scheduler, scaler, warmup_steps = _optimisation(model, recipe, amp, place)
     # The run's whole configuration: every checkpoint keeps it (as "schedule"), a resume must repeat it.
     schedule = _run_configuration(recipe, hardware, place, warmup_steps, train_data, test_data)
     schedule |= run_info or {}
@@ -298,6 +295,19 @@ def _check_and_place(
     if test_data is not None:
         check_test_data(test_data, train_data)
     return Placement(rank, world, device, dtype, memory_format, steps)
+
+
+def _optimisation(model: nn.Module, recipe: Recipe, amp: str | None, place: Placement) -> tuple:
+    """``(optimizer, scheduler, scaler, warmup_steps)``: AdamW over ``param_groups``, its learning rate's
+    linear warm-up then cosine decay, stepped once per optimisation step, and fp16's GradScaler (off otherwise)."""
+    optimizer = torch.optim.AdamW(
+        param_groups(model, recipe.weight_decay, recipe.lr, recipe.table_lr_scale), lr=recipe.lr
+    )
+    warmup_steps = round(recipe.warmup_epochs * place.steps_per_epoch)
+    total_steps = recipe.epochs * place.steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup_steps, total_steps))
+    scaler = torch.amp.GradScaler(place.device.type, enabled=amp == "fp16")
+    return optimizer, scheduler, scaler, warmup_steps
 
 
 def _run_configuration(
