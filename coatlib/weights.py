@@ -206,10 +206,9 @@ def load_torchvision_weights(
     return _load(model, _as_state_dict(state_dict), lambda key: _apply(rules, key), _convert, "torchvision")
 
 
-# timm's CoAtNet (timm/models/maxxvit.py) -> coatlib, module by module. "{proj}" is the 1x1 conv of
-# the shortcut Proj(Pool(x)), after the pool when there is one.
+# timm's CoAtNet (timm/models/maxxvit.py) -> coatlib, module by module.
 TIMM_MBCONV = {
-    "shortcut.expand": "shortcut.{proj}",
+    "shortcut.expand": "shortcut.proj",
     "pre_norm": "norm",  # BN(x) ->
     "conv1_1x1": "expand.0",  # 1x1 conv (+ BN + act) ->
     "norm1": "expand.1",
@@ -220,7 +219,7 @@ TIMM_MBCONV = {
     "conv3_1x1": "project",  # 1x1 conv
 }
 TIMM_TRANSFORMER = {
-    "shortcut.expand": "shortcut.{proj}",
+    "shortcut.expand": "shortcut.proj",
     "norm1.norm": "norm1",  # in a down-sampling block timm's norm1 is LN then pool
     "norm1": "norm1",
     "attn": "attn",  # the relative bias table
@@ -240,7 +239,7 @@ TIMM_OUTSIDE_BLOCKS = {
 }
 # timm's rw CoAtNets (coatlib.models.coatnet_rw): the same stem names, their own blocks and head.
 TIMM_RW_MBCONV = {
-    "shortcut.expand": "shortcut.{proj}",
+    "shortcut.expand": "shortcut.proj",
     "pre_norm": "norm",  # BN (+ SiLU) ->
     "conv1_1x1": "expand.0",  # [pool ->] 1x1 conv + BN + SiLU ->
     "norm1": "expand.1",
@@ -331,7 +330,7 @@ def _timm_mapping(model: nn.Module):
         table = tables.get(type(block), {})
         if module not in table:
             return key
-        return f"{prefix}.{table[module].format(proj=len(block.shortcut) - 1)}.{param}"
+        return f"{prefix}.{table[module]}.{param}"
 
     def convert(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if key.endswith("relative_bias_table") and value.ndim == 2:  # ((2H-1)(2W-1), heads) -> (heads, 2H-1, 2W-1)

@@ -50,7 +50,7 @@ def eq5(block: MBConv, x: torch.Tensor, stride: int, pool: str) -> torch.Tensor:
     if stride == 2:
         shortcut = pool2(shortcut, pool)
     if shortcut.shape[1] != block.project.out_channels:
-        shortcut = conv(shortcut, block.shortcut[-1])
+        shortcut = conv(shortcut, block.shortcut.proj)
     h = bn(x, block.norm)
     h = F.gelu(bn(conv(h, block.expand[0]), block.expand[1]))
     h = F.gelu(bn(conv(h, block.dw[0]), block.dw[1]))
@@ -75,7 +75,7 @@ def test_mbconv_widths_follow_the_paper():
     block = MBConv(96, 192, stride=2)
     assert block.expand[0].out_channels == 4 * 192 and block.se.fc1.out_channels == 192 // 4
     same = randomize_(MBConv(32, 32))
-    assert isinstance(same.shortcut, nn.Sequential) and len(same.shortcut) == 0  # identity shortcut
+    assert not list(same.shortcut.parameters()) and isinstance(same.shortcut.pool, nn.Identity)  # identity shortcut
     x = torch.randn(1, 32, 6, 6)
     with torch.no_grad():
         torch.testing.assert_close(same(x), eq5(same, x, 1, "max"), atol=1e-5, rtol=1e-5)
@@ -99,7 +99,7 @@ def eq4(block: TransformerBlock, x: torch.Tensor, stride: int, pool: str, norm_t
     attn = block.attn
     shortcut = pool2(x, pool) if stride == 2 else x
     if shortcut.shape[1] != block.norm2.normalized_shape[0]:
-        shortcut = conv(shortcut, block.shortcut[-1])
+        shortcut = conv(shortcut, block.shortcut.proj)
     if norm_then_pool:
         h = ln_channels(x, block.norm1)
         h = pool2(h, pool) if stride == 2 else h
