@@ -54,8 +54,8 @@ CONFIGS: dict[str, CoAtNetConfig] = {
 # The layouts of the paper's section 2.2, in one order for the whole library (the layout study
 # runs and shows them in it): ViT-Rel, then the conv stem with ever more attention stages at the end.
 LAYOUTS = ("ViT-Rel", "C-C-C-C", "C-C-C-T", "C-C-T-T", "C-T-T-T")
-# The kinds of stage, by the letters of a layout, and the blocks they are made of.
-BLOCK_NAMES = {"stem": "stem", "C": "MBConv", "T": "TFMRel"}
+# The kinds of run in a stage plan ("C" and "T" as in a layout's letters) and what their blocks are.
+BLOCK_NAMES = {"stem": "conv", "C": "MBConv", "T": "TFMRel"}
 # timm's choices for its coatnet_N_224 models where the paper is silent or differs (see CoAtNet's docstring):
 # CoAtNet(config, **TIMM_OPTIONS) is timm's model; the rw variants share pool and norm_eps.
 TIMM_OPTIONS = {"downsample": "dw", "pool": "avg", "se_act": "silu", "norm_eps": 1e-6}
