@@ -6,7 +6,7 @@ import torch
 import coatlib
 from coatlib.blocks import MBConv, TransformerBlock
 from coatlib.flops import count_params
-from coatlib.models.coatnet import CoAtNet
+from coatlib.models.coatnet import CoAtNet, CoAtNetConfig
 
 
 def meta_model(name, **kw):
@@ -373,3 +373,39 @@ def test_state_dict_of_another_model_lists_keys_by_stage():
     assert "missing keys:\n  stages.2 (" in message and "unexpected keys:\n  stages.2 (" in message
     assert "stem" not in message.split("missing keys")[1]  # the stem and S1, S2, S4 match
     m.load_state_dict(other, strict=False)  # the matching keys load when asked
+
+
+@pytest.mark.parametrize("name", ["coatnet_pico", "coatnet_nano_rw", "coatnet_pico_s3_conv"])
+def test_state_dicts_from_before_the_named_shortcut_load(name):
+    """Until issue 25 the shortcut Proj(Pool(x)) was an nn.Sequential: its conv was saved as
+    ``shortcut.1`` after a pool and ``shortcut.0`` without one (the keys of commit 31c7219)."""
+    old = {
+        "coatnet_pico": ["stages.1.blocks.0.shortcut.1", "stages.2.blocks.0.shortcut.1", "stages.3.blocks.0.shortcut.1"],
+        "coatnet_nano_rw": ["stages.1.blocks.0.shortcut.1", "stages.2.blocks.0.shortcut.1", "stages.3.blocks.0.shortcut.1"],
+        "coatnet_pico_s3_conv": [
+            "stages.1.blocks.0.shortcut.1", "stages.2.blocks.0.shortcut.1", "stages.2.blocks.1.shortcut.0",
+            "stages.3.blocks.0.shortcut.1",
+        ],
+    }[name]  # fmt: skip
+
+    def build(seed):
+        torch.manual_seed(seed)
+        if name == "coatnet_pico_s3_conv":  # S3 opens with an MBConv block, then widens at stride 1
+            config = CoAtNetConfig(16, (1, 1, 2, 1), (16, 32, 64, 128), head_dim=16, s3_conv=(1, 48))
+            return CoAtNet(config, num_classes=3, image_size=64).eval()
+        return coatlib.create_model(name, num_classes=3, image_size=64).eval()
+
+    source, target = build(0), build(1)
+    projections = sorted({k.rsplit(".", 1)[0] for k in source.state_dict() if ".shortcut." in k})
+    assert projections == sorted(key.rsplit(".", 1)[0] + ".proj" for key in old)
+    renamed = {}
+    for key, value in source.state_dict().items():
+        block, _, param = key.partition(".shortcut.proj.")
+        if param:  # the old name of this block's shortcut conv
+            key = next(o for o in old if o.startswith(block + ".shortcut.")) + "." + param
+        renamed[key] = value
+    assert sorted(k.rsplit(".", 1)[0] for k in renamed if ".shortcut." in k) == sorted(old * 2)
+    target.load_state_dict(renamed)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), source(x))
