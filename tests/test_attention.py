@@ -195,3 +195,15 @@ def test_count_flops_counts_fused_attention():
     explicit = coatlib.count_flops(model, 4)
     linear = 16 * (32 * 96 + 32 * 32)  # qkv and output projections
     assert fused == explicit == linear + 2 * 16 * 16 * 32
+
+
+def test_resizing_keeps_a_frozen_table_frozen():
+    attn = RelativeAttention(32, head_dim=16, map_size=4)
+    attn.relative_bias_table.requires_grad_(False)
+    attn.resize_bias_table(6)
+    assert attn.relative_bias_table.shape == (2, 11, 11) and not attn.relative_bias_table.requires_grad
+
+
+def test_a_head_size_that_does_not_divide_names_the_nearest_divisor():
+    with pytest.raises(ValueError, match=r"divide the width 96: .*\(e\.g\. 32\)"):
+        RelativeAttention(96, head_dim=36)

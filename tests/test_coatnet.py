@@ -409,3 +409,18 @@ def test_state_dicts_from_before_the_named_shortcut_load(name):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(target(x), source(x))
+
+
+def test_set_image_size_follows_the_layout():
+    """ViT-Rel cuts 16x16 patches: 80 x 80 is a valid size for it (not for a C-C-T-T model)."""
+    vit = coatlib.create_model("coatnet_pico", layout="ViT-Rel", num_classes=3, image_size=64)
+    vit.set_image_size(80)
+    assert vit.stages[0].blocks[0].attn.map_size == (5, 5) and vit(torch.randn(1, 3, 80, 80)).shape == (1, 3)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        coatlib.create_model("coatnet_pico", image_size=64).set_image_size(80)
+
+
+def test_a_refused_state_dict_names_an_unregistered_config():
+    config = CoAtNetConfig(16, (1, 1, 1, 1), (16, 32, 64, 128), head_dim=16)
+    with pytest.raises(RuntimeError, match=r"CoAtNet CoAtNetConfig\(stem=16.* with layout 'C-C-T-T'"):
+        CoAtNet(config, image_size=64).load_state_dict({})

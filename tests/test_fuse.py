@@ -239,3 +239,29 @@ def test_every_registered_model_fuses_and_gathers_no_bias_table(name):
     assert count(fused, nn.BatchNorm2d) < count(model, nn.BatchNorm2d) or count(model, nn.BatchNorm2d) == 0
     if "_rw" not in name:  # timm's rw blocks keep the BatchNorms after an activation or an early SE
         assert count(fused, nn.BatchNorm2d) == 0
+
+
+@pytest.mark.parametrize(
+    "name,kept",
+    [
+        # down="pool": the pool between the pre-norm and the 1x1 conv keeps the first BN of S1 and S2
+        ("coatnet_nano_rw", 2),
+        # SiLU after every pre-norm, and SE between every depthwise conv and its BN: 2 BNs per MBConv (2 + 3)
+        ("coatnet_0_rw", 10),
+    ],
+)
+def test_fused_rw_models_fold_what_timms_blocks_allow(name, kept):
+    model = mildly_calibrated(coatlib.create_model(name, num_classes=5, image_size=64), 64)
+    fused = coatlib.fuse(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=1e-4)
+    assert count(fused, nn.BatchNorm2d) == kept
+    attn = [m for m in fused.modules() if isinstance(m, RelativeAttention)]
+    assert attn and all(m.materialised_bias is not None for m in attn)
+
+
+def test_a_fused_model_refuses_to_resize_its_bias():
+    fused = coatlib.fuse(coatlib.create_model("coatnet_pico", image_size=64))
+    with pytest.raises(RuntimeError, match="bias is fixed: resize the original model, then fuse it again"):
+        fused.set_image_size(128)
