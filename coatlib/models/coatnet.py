@@ -126,12 +126,13 @@ def stage_plan(
     """
     kinds = parse_layout(layout)
     H, W = check_coatnet_size(image_size, layout)
+    head_dim = config.head_dim
     if kinds is None:  # ViT-Rel: one 16x16 patch stem at S3's width, then only Transformer blocks at 1/16
         width, size = config.widths[2], (H // 16, W // 16)
         depth = sum(config.depths) + (config.s3_conv[0] if config.s3_conv else 0)
         plan = [
             StageSpec("S0", "stem", 1, width, size, in_chans, 16),
-            StageSpec("S1-S4", "T", depth, width, size, width, 1),
+            StageSpec("S1-S4", "T", depth, width, size, width, 1, head_dim),
         ]
     else:
         stem = config.stem if isinstance(config.stem, int) else config.stem[-1]
@@ -140,16 +141,13 @@ def stage_plan(
             runs = [(kind, depth, width)]
             if s == 3 and config.s3_conv is not None:  # CoAtNet-6/7 open S3 with MBConv blocks
                 runs.insert(0, ("C", *config.s3_conv))
+            size = (H // 2 ** (s + 1), W // 2 ** (s + 1))
             for i, (k, d, w) in enumerate(runs):
-                plan.append(
-                    StageSpec(
-                        f"S{s}", k, d, w, (H // 2 ** (s + 1), W // 2 ** (s + 1)), plan[-1].width, 2 if i == 0 else 1
-                    )
-                )
-    plan = [replace(run, head_dim=config.head_dim) if run.kind == "T" else run for run in plan]
+                head = head_dim if k == "T" else None
+                plan.append(StageSpec(f"S{s}", k, d, w, size, plan[-1].width, 2 if i == 0 else 1, head))
     for run in plan:
         if run.kind == "T":
-            num_heads_for(run.width, config.head_dim)  # a clear error before anything is built
+            num_heads_for(run.width, head_dim)  # a clear error before anything is built
     return tuple(plan)
 
 
