@@ -129,7 +129,8 @@ def _fold_pre_norm(block: MBConv | RwMBConv) -> None:
     activation or a pool comes between them, as in some of timm's rw blocks)."""
     conv = block.expand[0]
     between = [getattr(block, name, nn.Identity()) for name in ("norm_act", "down")]  # rw only
-    if _is_foldable(block.norm) and all(isinstance(m, nn.Identity) for m in between) and conv.kernel_size == (1, 1):
+    direct = all(isinstance(m, nn.Identity) for m in between)
+    if _is_foldable(block.norm) and direct and conv.kernel_size == (1, 1) and conv.groups == 1:
         block.expand[0] = fold_batchnorm(conv, before=block.norm)
         block.norm = nn.Identity()
 
