@@ -175,3 +175,14 @@ def test_fused_mbconv_replaces_expand_and_depthwise_by_one_conv():
     assert block.expand[0].kernel_size == (3, 3) and block.expand[0].groups == 1
     ratio1 = FusedMBConv(16, 24, 16, stride=2)
     assert isinstance(ratio1.project, nn.Identity) and ratio1(torch.randn(1, 16, 8, 8)).shape == (1, 24, 4, 4)
+
+
+def test_fused_mbconv_with_ratio_1_is_one_conv_bn_silu():
+    """EfficientNetV2's first stage: expansion 1, the k x k conv (with its BN and SiLU) is the whole branch."""
+    block = randomize_(FusedMBConv(16, 16, 16))
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), x + F.silu(bn(conv(x, block.expand[0]), block.expand[1])))
+    down = FusedMBConv(16, 16, 64, stride=2)  # same width, but the size changes: no shortcut
+    assert not down.has_residual and down.expand[0].stride == (2, 2) and down(x).shape == (2, 16, 4, 4)
+    assert down.project[0].kernel_size == (1, 1) and isinstance(down.project[1], nn.BatchNorm2d)

@@ -424,3 +424,16 @@ def test_a_refused_state_dict_names_an_unregistered_config():
     config = CoAtNetConfig(16, (1, 1, 1, 1), (16, 32, 64, 128), head_dim=16)
     with pytest.raises(RuntimeError, match=r"CoAtNet CoAtNetConfig\(stem=16.* with layout 'C-C-T-T'"):
         CoAtNet(config, image_size=64).load_state_dict({})
+
+
+def test_a_refused_state_dict_lists_three_keys_per_stage():
+    m = coatlib.create_model("coatnet_pico", image_size=64)
+    state = m.state_dict()
+    dropped = ["stem.0.0.weight"] + [k for k in state if k.startswith("stages.1.")][:4]
+    with pytest.raises(RuntimeError) as info:
+        m.load_state_dict({k: v for k, v in state.items() if k not in dropped})
+    first, *rest = dropped
+    assert (
+        f"5 missing keys:\n  stem (1): {first}\n  stages.1 (4): {', '.join(rest[:3])}, ...\nis it from another model"
+        in str(info.value)
+    )
