@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from coatlib.blocks import FusedMBConv, InvertedResidual, MBConv, TransformerBlock
+from coatlib.layers import SqueezeExcite
 
 
 def randomize_(module: nn.Module) -> nn.Module:
@@ -186,3 +187,21 @@ def test_fused_mbconv_with_ratio_1_is_one_conv_bn_silu():
     down = FusedMBConv(16, 16, 64, stride=2)  # same width, but the size changes: no shortcut
     assert not down.has_residual and down.expand[0].stride == (2, 2) and down(x).shape == (2, 16, 4, 4)
     assert down.project[0].kernel_size == (1, 1) and isinstance(down.project[1], nn.BatchNorm2d)
+
+
+def test_inverted_residual_with_mobilenet_v3_squeeze_excitation():
+    """MobileNetV3's block: 1x1 expand, 5x5 depthwise, SE (ReLU, hard-sigmoid) and hard-swish elsewhere."""
+    block = randomize_(
+        InvertedResidual(16, 16, 64, kernel_size=5, se_chs=16, act_layer=nn.Hardswish, se_act_layer=nn.ReLU,
+                         se_gate_layer=nn.Hardsigmoid)
+    )  # fmt: skip
+    assert block.expand[0].kernel_size == (1, 1) and block.project[0].kernel_size == (1, 1)
+    assert block.dw[0].kernel_size == (5, 5) and block.dw[0].groups == 64
+    x = torch.randn(2, 16, 8, 8) * 4
+    with torch.no_grad():
+        h = F.hardswish(bn(conv(x, block.expand[0]), block.expand[1]))
+        h = F.hardswish(bn(conv(h, block.dw[0]), block.dw[1]))
+        s = F.hardsigmoid(conv(F.relu(conv(h.mean((2, 3), keepdim=True), block.se.fc1)), block.se.fc2))
+        h = bn(conv(h * s, block.project[0]), block.project[1])
+        torch.testing.assert_close(block(x), x + h, atol=1e-5, rtol=1e-5)
+    assert isinstance(InvertedResidual(8, 8, 8, se_chs=1).se, SqueezeExcite)  # one SE channel is still an SE
