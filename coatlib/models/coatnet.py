@@ -7,6 +7,11 @@ blocks ("T"); the paper's CoAtNet is "C-C-T-T" and section 2.2 compares it with
 C-C-C-C, C-C-C-T, C-T-T-T and ViT-Rel. Configs mirror the paper's Table 3
 (CoAtNet-0..4) and Table 14 (5..7). The blocks themselves are in
 :mod:`coatlib.blocks`.
+
+:func:`stage_plan` turns a config, a layout and an image size into the stages
+(:class:`StageSpec`: kind, L, D, map size, stride); every CoAtNet (the paper's and
+timm's rw variants) is built from it, and the diagrams and stage tables are drawn
+from it, so that they cannot disagree.
 """
 
 from __future__ import annotations
