@@ -437,3 +437,23 @@ def test_a_refused_state_dict_lists_three_keys_per_stage():
         f"5 missing keys:\n  stem (1): {first}\n  stages.1 (4): {', '.join(rest[:3])}, ...\nis it from another model"
         in str(info.value)
     )
+
+
+def test_set_image_size_to_a_non_square_size():
+    m = coatlib.create_model("coatnet_pico", num_classes=3, image_size=64)
+    m.set_image_size((64, 128))  # S3 sees 4 x 8, S4 2 x 4
+    assert [b.attn.map_size for s in m.stages[2:] for b in s.blocks] == [(4, 8), (4, 8), (2, 4)]
+    assert m(torch.randn(1, 3, 64, 128)).shape == (1, 3)
+
+
+def test_se_act_reaches_every_mbconv():
+    m = meta_model("coatnet_pico", se_act="silu")
+    acts = [type(b.se.act) for b in all_blocks(m) if isinstance(b, MBConv)]
+    assert acts and set(acts) == {torch.nn.SiLU} and isinstance(all_blocks(m)[0].expand[2], torch.nn.GELU)
+
+
+def test_loading_a_state_dict_keeps_the_parameters_an_optimizer_holds():
+    m = coatlib.create_model("coatnet_pico", image_size=64)
+    before = list(m.parameters())
+    m.load_state_dict(coatlib.create_model("coatnet_pico", image_size=64).state_dict())
+    assert all(a is b for a, b in zip(before, m.parameters()))
