@@ -59,9 +59,10 @@ def _config(config):
         from coatlib.models.coatnet import CONFIGS
         from coatlib.models.coatnet_rw import RW_CONFIGS
 
-        if config not in {**CONFIGS, **RW_CONFIGS}:
-            raise ValueError(f"unknown CoAtNet configuration {config!r}; known: {', '.join({**CONFIGS, **RW_CONFIGS})}")
-        return {**CONFIGS, **RW_CONFIGS}[config]
+        known = {**CONFIGS, **RW_CONFIGS}
+        if config not in known:
+            raise ValueError(f"unknown CoAtNet configuration {config!r}; known: {', '.join(known)}")
+        return known[config]
     return config
 
 
