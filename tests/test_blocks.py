@@ -95,8 +95,10 @@ def test_mbconv_rejects_unknown_downsample():
 # ---- Eq. 4: the Transformer block ------------------------------------------------------------
 
 
-def eq4(block: TransformerBlock, x: torch.Tensor, stride: int, pool: str, norm_then_pool: bool = True):
-    """x <- Proj(Pool(x)) + Attention(Pool(LN(x))); x <- x + FFN(LN(x)), attention written out."""
+def eq4(block: TransformerBlock, x: torch.Tensor, stride: int, pool: str, norm_then_pool: bool = True, scales=None):
+    """x <- Proj(Pool(x)) + Attention(Pool(LN(x))); x <- x + FFN(LN(x)), attention written out;
+    with ``scales = (g1, g2)`` each branch is multiplied per channel (layer scale, timm's rw-3)."""
+    g1, g2 = (s.view(1, -1, 1, 1) for s in scales) if scales is not None else (1.0, 1.0)
     attn = block.attn
     shortcut = pool2(x, pool) if stride == 2 else x
     if shortcut.shape[1] != block.norm2.normalized_shape[0]:
@@ -119,14 +121,14 @@ def eq4(block: TransformerBlock, x: torch.Tensor, stride: int, pool: str, norm_t
     a = (q @ k.transpose(-1, -2)) / attn.head_dim**0.5 + w
     out = (a.softmax(-1) @ v).transpose(1, 2).reshape(B, H * W, -1)
     out = F.linear(out, attn.proj.weight, attn.proj.bias).transpose(1, 2).reshape(B, -1, H, W)
-    x = shortcut + out
+    x = shortcut + g1 * out
     h = ln_channels(x, block.norm2)
     h = h.permute(0, 2, 3, 1)  # the FFN acts on every position's channels
     h = F.linear(
         F.gelu(F.linear(h, block.ffn.fc1.weight, block.ffn.fc1.bias)), block.ffn.fc2.weight, block.ffn.fc2.bias
     )
     h = h.permute(0, 3, 1, 2)
-    return x + h
+    return x + g2 * h
 
 
 @pytest.mark.parametrize("pool", ["max", "avg"])
@@ -148,6 +150,19 @@ def test_transformer_block_without_downsampling_is_eq4():
     x = torch.randn(2, 16, 5, 3)
     with torch.no_grad():
         torch.testing.assert_close(block(x), eq4(block, x, 1, "max"), atol=1e-5, rtol=1e-5)
+
+
+def test_transformer_block_with_layer_scale_scales_both_branches():
+    torch.manual_seed(0)
+    block = randomize_(TransformerBlock(16, 32, map_size=(4, 4), stride=2, head_dim=8, layer_scale=1e-6))
+    assert torch.equal(block.ls1.gamma, torch.full((32,), 1e-6))  # starts almost switched off
+    with torch.no_grad():
+        block.ls1.gamma.uniform_(0.5, 1.5)
+        block.ls2.gamma.uniform_(-1.0, 1.0)
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        expected = eq4(block, x, 2, "max", scales=(block.ls1.gamma, block.ls2.gamma))
+        torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
 
 
 # ---- the zoo's inverted residuals --------------------------------------------------------------
