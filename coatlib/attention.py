@@ -91,6 +91,12 @@ def relative_position_index(height: int, width: int) -> torch.Tensor:
     return (dy + height - 1) * (2 * width - 1) + (dx + width - 1)
 
 
+def expand_bias_table(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``(heads, 2H-1, 2W-1)`` table -> ``(heads, N, N)`` bias: entry ``[h, i, j]`` is the table cell of
+    the offset ``i - j`` (``index`` from :func:`relative_position_index`)."""
+    return table.flatten(1)[:, index]
+
+
 class RelativeAttention(MultiHeadAttention):
     """Relative attention over an ``H x W`` map, CoAtNet Eq. 3.
 
@@ -104,9 +110,10 @@ class RelativeAttention(MultiHeadAttention):
     ``(B, dim_out, H, W)``. The pre-softmax form runs through the fused
     ``scaled_dot_product_attention`` with the bias as ``attn_mask``.
 
-    The bias is expanded from the table on every call (a gather, cheap next to
-    the attention itself); :func:`coatlib.fuse` stores the expanded bias once
-    for inference. A checkpoint whose tables were made for another map size is
+    The bias is expanded from the table on every call (:func:`expand_bias_table`, a
+    gather, cheap next to the attention itself); for inference,
+    :meth:`materialise_bias` (called by :func:`coatlib.fuse`) stores the expanded
+    bias once instead. A checkpoint whose tables were made for another map size is
     resized on load with bilinear interpolation, as the paper does when
     fine-tuning at 384.
     """
@@ -129,10 +136,22 @@ class RelativeAttention(MultiHeadAttention):
         self.relative_bias_table = nn.Parameter(torch.zeros(self.num_heads, 2 * H - 1, 2 * W - 1))
         nn.init.trunc_normal_(self.relative_bias_table, std=0.02)
         self.register_buffer("relative_index", relative_position_index(H, W), persistent=False)
+        self.register_buffer("materialised_bias", None)  # None: expand the table at every call
 
     def relative_bias(self) -> torch.Tensor:
-        """The bias ``w_{i-j}`` expanded from the table: ``(heads, N, N)``, ``N = H*W``."""
-        return self.relative_bias_table.flatten(1)[:, self.relative_index]
+        """The bias ``w_{i-j}``: ``(heads, N, N)``, ``N = H*W``, expanded from the table (or, after
+        :meth:`materialise_bias`, the stored one)."""
+        if self.materialised_bias is not None:
+            return self.materialised_bias
+        return expand_bias_table(self.relative_bias_table, self.relative_index)
+
+    def materialise_bias(self) -> None:
+        """For inference only (:func:`coatlib.fuse` calls it): store the expanded bias ``(heads, N, N)``
+        as the buffer ``materialised_bias`` and drop the table, so that no call gathers it again. The
+        bias can no longer learn or be resized: keep the original module for that."""
+        bias = self.relative_bias().detach().clone()
+        del self.relative_bias_table, self.relative_index
+        self.materialised_bias = bias
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The matrix that multiplies the values, ``(B, heads, N, N)`` (for "post": softmax + bias)."""
@@ -163,6 +182,8 @@ class RelativeAttention(MultiHeadAttention):
 
     def resize_bias_table(self, map_size: int | tuple[int, int]) -> None:
         """Resize the table to a new ``H' x W'`` map by bilinear interpolation (fine-tuning at 384)."""
+        if self.materialised_bias is not None:
+            raise RuntimeError("a fused model's bias is fixed: resize the original model, then fuse it again")
         H, W = pair(map_size)
         with torch.no_grad():
             table = resize_table(self.relative_bias_table.data, (2 * H - 1, 2 * W - 1))

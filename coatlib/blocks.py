@@ -24,6 +24,7 @@ from coatlib.layers import (
     DropPath,
     Layer,
     LayerNorm2d,
+    LayerScale2d,
     Mlp,
     SqueezeExcite,
     conv1x1,
@@ -96,8 +97,14 @@ class TransformerBlock(nn.Module):
     position) appear only in a block that changes the size or the width: the
     first of a stage. ``map_size`` is the size of the map after pooling, the
     map the attention sees. The FFN is ``fc2(GELU(fc1(x)))``, ``ffn_ratio``
-    times wider inside, applied to every position's channels. ``norm_eps`` is
-    the LayerNorms' epsilon (PyTorch's 1e-5; timm uses 1e-6).
+    times wider inside, applied to every position's channels.
+
+    Switches for timm's rw variants (:mod:`coatlib.models.coatnet_rw`), the paper's
+    choice first: ``norm_layer`` (LayerNorm; or BatchNorm) and ``norm_eps`` (PyTorch's
+    1e-5; timm 1e-6); ``shortcut_bias`` on Proj; ``attn_layer``, the attention
+    (``RelativeAttention``, whose q, k, v have the output width); ``layer_scale``, the
+    initial value of a learned per-channel scale ``LS`` on both branches
+    (``x <- x + LS(FFN(LN(x)))``; ``None``: no scale, ``ls1`` and ``ls2`` are identities).
     """
 
     def __init__(
@@ -112,19 +119,29 @@ class TransformerBlock(nn.Module):
         pool: str = "max",
         norm_eps: float = 1e-5,
         drop_path: float = 0.0,
+        norm_layer: Layer = LayerNorm2d,
+        shortcut_bias: bool = True,
+        attn_layer: Layer = RelativeAttention,
+        layer_scale: float | None = None,
     ):
         super().__init__()
-        self.shortcut = Downsample(in_dim, out_dim, stride, pool)
-        self.norm1 = LayerNorm2d(in_dim, eps=norm_eps)
+
+        def scale() -> nn.Module:
+            return nn.Identity() if layer_scale is None else LayerScale2d(out_dim, layer_scale)
+
+        self.shortcut = Downsample(in_dim, out_dim, stride, pool, bias=shortcut_bias)
+        self.norm1 = norm_layer(in_dim, eps=norm_eps)
         self.pool = make_pool(pool, stride) if stride != 1 else nn.Identity()
-        self.attn = RelativeAttention(in_dim, out_dim, head_dim, map_size, softmax)
-        self.norm2 = LayerNorm2d(out_dim, eps=norm_eps)
+        self.attn = attn_layer(in_dim, out_dim, head_dim, map_size, softmax)
+        self.ls1 = scale()
+        self.norm2 = norm_layer(out_dim, eps=norm_eps)
         self.ffn = Mlp(out_dim, ffn_ratio * out_dim, channels_first=True)
+        self.ls2 = scale()
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H/s, W/s)
-        x = self.shortcut(x) + self.drop_path(self.attn(self.pool(self.norm1(x))))  # Eq. 4
-        x = x + self.drop_path(self.ffn(self.norm2(x)))
+        x = self.shortcut(x) + self.drop_path(self.ls1(self.attn(self.pool(self.norm1(x)))))  # Eq. 4
+        x = x + self.drop_path(self.ls2(self.ffn(self.norm2(x))))
         return x
 
 

@@ -1,9 +1,10 @@
-"""Block diagrams of CoAtNet, drawn from a configuration so that they stay true.
+"""Block diagrams of CoAtNet, drawn from the stage plan so that they stay true.
 
-Every diagram is computed from a :class:`coatlib.models.coatnet.CoAtNetConfig`
-(its fields ``stem``, ``depths``, ``widths``, ``head_dim`` and ``s3_conv``) and
-an image size, never from a built model: the numbers written in the boxes are
-the configuration's. Each function returns a matplotlib ``Figure``; every box
+Every diagram is computed from :func:`coatlib.models.coatnet.stage_plan`, the
+function every CoAtNet is built from: of a configuration (a
+:class:`~coatlib.models.coatnet.CoAtNetConfig`, an rw model's ``RwConfig``, or
+a name in ``CONFIGS``), a layout and an image size, or of a built model
+(``model.plan``). The numbers written in the boxes are the plan's. Each function returns a matplotlib ``Figure``; every box
 is a text artist with a ``gid`` naming its part (``"stage-S3"``,
 ``"main-2"``, ``"shortcut-1"``, ``"bias"``, ...), which is what the tests read.
 
@@ -25,13 +26,9 @@ The diagrams:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 __all__ = [
-    "StageRow",
-    "stage_rows",
     "network_diagram",
     "mbconv_diagram",
     "transformer_diagram",
@@ -52,50 +49,21 @@ COLOURS = {
     "mlp": "#dadaeb",  # linear layers of the FFN and the head
     "sum": "#ffffff",
 }
-KIND_COLOUR = {"stem": "conv", "MBConv": "conv", "TFMRel": "attention"}
-
-
-@dataclass(frozen=True)
-class StageRow:
-    """One run of blocks: ``blocks`` blocks of ``kind`` with ``width`` channels on a ``size`` x ``size`` map."""
-
-    stage: str
-    kind: str  # "stem", "MBConv" or "TFMRel"
-    blocks: int
-    width: int
-    size: int
-    heads: int | None = None
+# The one colour table of the block kinds (coatlib.models.coatnet.BLOCK_NAMES), by the computation they
+# do: network_diagram's boxes and coatlib.viz.draw_stages' bars.
+KIND_COLOUR = {"stem": "conv", "C": "conv", "T": "attention", "head": "mlp"}
 
 
 def _config(config):
     if isinstance(config, str):
         from coatlib.models.coatnet import CONFIGS
+        from coatlib.models.coatnet_rw import RW_CONFIGS
 
-        if config not in CONFIGS:
-            raise ValueError(f"unknown CoAtNet configuration {config!r}; known: {', '.join(CONFIGS)}")
-        return CONFIGS[config]
+        known = {**CONFIGS, **RW_CONFIGS}
+        if config not in known:
+            raise ValueError(f"unknown CoAtNet configuration {config!r}; known: {', '.join(known)}")
+        return known[config]
     return config
-
-
-def _check_size(image_size: int) -> None:
-    if image_size % 32:
-        raise ValueError(f"image_size must be a multiple of 32 (five stages halve it), got {image_size}")
-
-
-def stage_rows(config, image_size: int = 224) -> list[StageRow]:
-    """The stages of ``config`` (a ``CoAtNetConfig`` or a name in ``CONFIGS``) at ``image_size``."""
-    config = _config(config)
-    _check_size(image_size)
-    rows = [StageRow("S0", "stem", 2, config.stem, image_size // 2)]
-    for i, (depth, width) in enumerate(zip(config.depths, config.widths), start=1):
-        size = image_size // 2 ** (i + 1)
-        if i <= 2:
-            rows.append(StageRow(f"S{i}", "MBConv", depth, width, size))
-            continue
-        if i == 3 and config.s3_conv is not None:
-            rows.append(StageRow("S3", "MBConv", config.s3_conv[0], config.s3_conv[1], size))
-        rows.append(StageRow(f"S{i}", "TFMRel", depth, width, size, width // config.head_dim))
-    return rows
 
 
 def diagram_texts(fig) -> dict[str, str]:
@@ -187,30 +155,44 @@ def _legend(ax, kinds, loc="lower right"):
 # ---------------------------------------------------------------------------- the network
 
 
-def network_diagram(config, image_size: int = 224, title: str | None = None):
-    """The whole network: input, S0 to S4 (kind, L blocks, width D, heads, map size) and the head."""
-    rows = stage_rows(config, image_size)
-    n = len(rows) + 2
+def network_diagram(config, image_size: int | tuple[int, int] = 224, title: str | None = None, layout: str = "C-C-T-T"):
+    """The whole network, input to head: S0 to S4 (kind, L blocks, width D, heads, map size).
+
+    ``config`` is a built CoAtNet (its own plan: layout and image size are the model's), or a
+    configuration or its name in ``CONFIGS`` / ``RW_CONFIGS``, drawn with ``layout`` at ``image_size``."""
+    from coatlib.models.coatnet import BLOCK_NAMES, CoAtNetBase, stage_plan
+    from coatlib.models.coatnet_rw import RwConfig
+
+    if isinstance(config, CoAtNetBase):
+        plan, config = config.plan, config.config
+    else:
+        config = _config(config)
+        plan = stage_plan(config, layout, image_size)
+    stem, *runs = plan
+    n = len(plan) + 2
     fig, ax = _new((1.9 * n, 3.0), (-0.6, 2 * n - 1.4), (-1.6, 1.6))
     x = 0.0
-    previous = _box(ax, x, 0, f"input\n3 x {image_size} x {image_size}", "input", "input")
-    for row in rows:
+    previous = _box(ax, x, 0, f"input\n{stem.in_width} x {_hw(stem.size, stem.stride)}", "input", "input")
+    for i, row in enumerate(plan):
         x += 2
-        if row.kind == "stem":
+        if row.kind == "stem" and row.stride == 16:
+            text = f"{row.stage}: stem\n1 conv 16x16\n(stride 16)\nD={row.width}"
+        elif row.kind == "stem":
             text = f"{row.stage}: stem\n2 conv 3x3\n(first stride 2)\nD={row.width}"
         else:
-            text = f"{row.stage}: {row.kind}\nL={row.blocks}, D={row.width}"
-            text += f"\n{row.heads} heads x {row.width // row.heads}" if row.heads else "\nexpansion 4, SE"
-        text += f"\n{row.size} x {row.size}"
-        gid = f"stage-{row.stage}" + ("-conv" if row.stage == "S3" and row.kind == "MBConv" else "")
-        box = _box(ax, x, 0, text, KIND_COLOUR[row.kind], gid)
+            text = f"{row.stage}: {BLOCK_NAMES[row.kind]}\nL={row.blocks}, D={row.width}"
+            text += f"\n{row.heads} heads x {row.head_dim}" if row.kind == "T" else "\nexpansion 4, SE"
+        text += f"\n{row.size[0]} x {row.size[1]}"
+        split = i + 1 < len(plan) and plan[i + 1].stage == row.stage  # a stage of two runs: S3 of CoAtNet-6/7
+        box = _box(ax, x, 0, text, KIND_COLOUR[row.kind], f"stage-{row.stage}" + ("-conv" if split else ""))
         _arrow(ax, previous, box)
         previous = box
-    _arrow(
-        ax,
-        previous,
-        _box(ax, x + 2, 0, "head\navg pool, LayerNorm\npre-logits (tanh)\nlinear classifier", "mlp", "head"),
-    )
+    if isinstance(config, RwConfig):
+        norm = "BatchNorm" if config.attn_norm == "batchnorm" else "LayerNorm"
+        head = f"head\n{norm} on the map\navg pool\nlinear classifier"
+    else:
+        head = "head\navg pool, LayerNorm\npre-logits (tanh)\nlinear classifier"
+    _arrow(ax, previous, _box(ax, x + 2, 0, head, KIND_COLOUR["head"], "head"))
     ax.text(0, -1.35, "each stage's first block halves the map", fontsize=8, color="#555555")
     _legend(ax, ["input", "conv", "attention", "mlp"], loc="upper left")
     if title:
@@ -218,18 +200,24 @@ def network_diagram(config, image_size: int = 224, title: str | None = None):
     return fig
 
 
+def _hw(size: tuple[int, int], stride: int) -> str:
+    """The image's ``"H x W"`` from the stem's output size and stride."""
+    return f"{size[0] * stride} x {size[1] * stride}"
+
+
 # ---------------------------------------------------------------------------- blocks
 
 
 def _block_widths(config, stage: int, downsample: bool, image_size: int):
+    """``(config, in width, out width, map side)`` of a block of stage ``stage`` (1..4) of the C-C-T-T plan:
+    its last run (S3 of CoAtNet-6/7: the Transformer blocks)."""
+    from coatlib.models.coatnet import stage_plan
+
     config = _config(config)
-    _check_size(image_size)
     if stage not in (1, 2, 3, 4):
         raise ValueError(f"stage must be 1, 2, 3 or 4 (S1..S4), got {stage}")
-    size = image_size // 2 ** (stage + 1)
-    previous = config.stem if stage == 1 else config.widths[stage - 2]
-    cin = previous if downsample else config.widths[stage - 1]
-    return config, cin, config.widths[stage - 1], size
+    run = [r for r in stage_plan(config, "C-C-T-T", image_size) if r.stage == f"S{stage}"][-1]
+    return config, run.in_width if downsample else run.width, run.width, run.size[0]
 
 
 def mbconv_diagram(config, stage: int = 1, downsample: bool = True, image_size: int = 224, stride_on: str = "expand"):

@@ -10,8 +10,9 @@ call. At inference those are fixed maps, and one explicit step folds them away:
   e.g. ``ConvNormAct``); CoAtNet's pre-activation BatchNorm merges into the 1x1
   conv of :class:`~coatlib.blocks.MBConv` that follows it. CoAtNet-0 runs none
   of its BatchNorms afterwards.
-* **Materialised bias tables.** Each relative attention stores its expanded bias
-  ``(heads, N, N)`` once instead of gathering it from the table on every call.
+* **Materialised bias tables.** Each relative attention (any ``RelativeAttention``: the
+  paper's, timm's rw and Swin's windows) stores its expanded bias ``(heads, N, N)`` once
+  instead of gathering it from the table on every call (its ``materialise_bias()``).
 * **In-place GELU.** Every ``nn.GELU`` overwrites its input instead of allocating a new
   map (on a CPU a fresh large buffer costs more than the GELU itself: 3x on CoAtNet-0's
   S1 maps). Safe because in every coatlib model a GELU's input is a fresh tensor that
@@ -35,7 +36,7 @@ import torch.nn as nn
 
 from coatlib.attention import RelativeAttention
 from coatlib.blocks import MBConv
-from coatlib.models.swin import WindowAttention
+from coatlib.models.coatnet_rw import RwMBConv
 
 
 def fuse(model: nn.Module) -> nn.Module:
@@ -44,12 +45,14 @@ def fuse(model: nn.Module) -> nn.Module:
     ``.train()`` raises."""
     fused = copy.deepcopy(model).eval()
     for module in list(fused.modules()):
-        if isinstance(module, MBConv):
+        if isinstance(module, (MBConv, RwMBConv)):
             _fold_pre_norm(module)
+        if isinstance(module, RwMBConv):
+            _fold_depthwise_norm(module)
         if isinstance(module, nn.Sequential):
             _fold_conv_bn_pairs(module)
-        if type(module) in MATERIALISED:
-            _materialise_bias(module)
+        if isinstance(module, RelativeAttention):  # CoAtNet's, timm's rw and Swin's window attention
+            module.materialise_bias()
         for name, child in module.named_children():
             if type(child) is nn.GELU:
                 setattr(module, name, InplaceGELU(child.approximate))
@@ -121,12 +124,22 @@ def _is_foldable(bn: nn.Module) -> bool:
     return isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None
 
 
-def _fold_pre_norm(block: MBConv) -> None:
-    """MBConv's ``BN(x) -> 1x1 conv``: the BatchNorm becomes part of the conv."""
+def _fold_pre_norm(block: MBConv | RwMBConv) -> None:
+    """MBConv's ``BN(x) -> 1x1 conv``: the BatchNorm becomes part of the conv (not when an
+    activation or a pool comes between them, as in some of timm's rw blocks)."""
     conv = block.expand[0]
-    if _is_foldable(block.norm) and conv.kernel_size == (1, 1) and conv.groups == 1:
+    between = [getattr(block, name, nn.Identity()) for name in ("norm_act", "down")]  # rw only
+    direct = all(isinstance(m, nn.Identity) for m in between)
+    if _is_foldable(block.norm) and direct and conv.kernel_size == (1, 1) and conv.groups == 1:
         block.expand[0] = fold_batchnorm(conv, before=block.norm)
         block.norm = nn.Identity()
+
+
+def _fold_depthwise_norm(block: RwMBConv) -> None:
+    """timm's rw MBConv ``dw conv -> BN`` when its SE does not sit between them."""
+    if not block.se_early and _is_foldable(block.dw_norm[0]):
+        block.dw = fold_batchnorm(block.dw, after=block.dw_norm[0])
+        block.dw_norm[0] = nn.Identity()
 
 
 def _fold_conv_bn_pairs(seq: nn.Sequential) -> None:
@@ -135,34 +148,6 @@ def _fold_conv_bn_pairs(seq: nn.Sequential) -> None:
         if isinstance(seq[i], nn.Conv2d) and _is_foldable(seq[i + 1]):
             seq[i] = fold_batchnorm(seq[i], after=seq[i + 1])
             seq[i + 1] = nn.Identity()
-
-
-class _MaterialisedBias:
-    """Relative attention whose expanded bias ``(heads, N, N)`` is a stored buffer."""
-
-    def relative_bias(self) -> torch.Tensor:
-        return self.materialised_bias
-
-    def resize_bias_table(self, map_size) -> None:
-        raise RuntimeError("a fused model's bias is fixed: resize the original model, then fuse it again")
-
-
-class FusedRelativeAttention(_MaterialisedBias, RelativeAttention):
-    """:class:`~coatlib.attention.RelativeAttention` with its bias expanded once (made by :func:`fuse`)."""
-
-
-class FusedWindowAttention(_MaterialisedBias, WindowAttention):
-    """Swin's :class:`~coatlib.models.swin.WindowAttention` with its bias expanded once (made by :func:`fuse`)."""
-
-
-MATERIALISED = {RelativeAttention: FusedRelativeAttention, WindowAttention: FusedWindowAttention}
-
-
-def _materialise_bias(attn: RelativeAttention) -> None:
-    bias = attn.relative_bias().detach().clone()
-    del attn.relative_bias_table, attn.relative_index
-    attn.__class__ = MATERIALISED[type(attn)]
-    attn.register_buffer("materialised_bias", bias)
 
 
 class InplaceGELU(nn.GELU):

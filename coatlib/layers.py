@@ -115,20 +115,39 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(self.fc2(self.act(self.fc1(s))))
 
 
-class Downsample(nn.Sequential):
+class Downsample(nn.Module):
     """The shortcut of a down-sampling block: ``Proj(Pool(x))`` (CoAtNet appendix A.1).
 
-    ``Pool`` is a 2x2 stride-2 pooling (max in the paper), ``Proj`` a 1x1 conv
-    with bias. Either is left out when it is not needed.
+    ``pool`` is a 2x2 stride-2 pooling (max in the paper, average in timm), ``proj`` a
+    1x1 conv (with a bias unless ``bias=False``); either is an identity when it is not
+    needed. Older coatlib state dicts, saved when this was an ``nn.Sequential`` (the conv at
+    ``shortcut.0``, or ``shortcut.1`` after a pool), still load: their keys are renamed to ``shortcut.proj``.
     """
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 2, pool: str = "max"):
-        layers: list[nn.Module] = []
-        if stride != 1:
-            layers.append(make_pool(pool, stride))
-        if in_chs != out_chs:
-            layers.append(conv1x1(in_chs, out_chs))
-        super().__init__(*layers)
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 2, pool: str = "max", bias: bool = True):
+        super().__init__()
+        self.pool = make_pool(pool, stride) if stride != 1 else nn.Identity()
+        self.proj = conv1x1(in_chs, out_chs, bias=bias) if in_chs != out_chs else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.pool(x))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for key in [k for k in state_dict if k.startswith((f"{prefix}0.", f"{prefix}1."))]:
+            state_dict[f"{prefix}proj.{key[len(prefix) + 2 :]}"] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class LayerScale2d(nn.Module):
+    """A learned scale per channel of a map ``(B, C, H, W)``, ``x * gamma`` (Touvron et al. 2021,
+    CaiT), starting at ``init``: a residual branch starts almost switched off."""
+
+    def __init__(self, channels: int, init: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((channels,), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma.view(1, -1, 1, 1)
 
 
 def conv1x1(in_chs: int, out_chs: int, bias: bool = True) -> nn.Conv2d:

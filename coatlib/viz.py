@@ -1,9 +1,10 @@
 """Figures for the book: a CoAtNet's stage layout, and the layout study of the paper's section 2.2.
 
-``stage_table(model)`` reads the stages of a built CoAtNet (any size, any
-layout, on any device including ``meta``): stem, then S1..S4 as runs of
-MBConv ("C") or Transformer ("T") blocks with their width D and feature-map
-size, the rows of the paper's Table 3. ``draw_stages(model)`` draws them;
+``stage_table(model)`` gives the stages of a built CoAtNet (any size, any
+layout, the paper's or timm's rw variants, on any device including ``meta``):
+its stage plan (:func:`coatlib.models.coatnet.stage_plan`), the stem, then S1..S4
+as runs of MBConv ("C") or Transformer ("T") blocks with their width D and
+feature-map size, the rows of the paper's Table 3. ``draw_stages(model)`` draws them;
 ``plot_layout_study(record)`` and ``plot_ideal_world(record)`` draw the layout study of
 ``coatlib.studies.layouts``: test accuracy against data size and against training
 loss, and the online loss of the ideal world.
@@ -14,19 +15,17 @@ reads the same in the book's light and dark themes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import matplotlib.pyplot as plt
 import torch.nn as nn
 from cycler import cycler
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
-from coatlib.blocks import TransformerBlock
+from coatlib.diagrams import COLOURS, KIND_COLOUR
 from coatlib.flops import count_params
+from coatlib.models.coatnet import BLOCK_NAMES, CoAtNetBase, StageSpec
+from coatlib.models.coatnet_rw import RwCoAtNet
 
-COLORS = {"stem": "#9e9e9e", "C": "#4c72b0", "T": "#dd8452", "head": "#6b6b6b"}
-BLOCK_NAMES = {"stem": "conv", "C": "MBConv", "T": "TFMRel", "head": "head"}
 LEGEND = {
     "stem": "stem S0: two 3x3 convs (ViT-Rel: one 16x16 patch conv)",
     "C": "MBConv (depthwise conv + SE)",
@@ -35,52 +34,18 @@ LEGEND = {
 }
 
 
-@dataclass(frozen=True)
-class Segment:
-    """A run of equal blocks: one row of the paper's Table 3 (a stage, or part of one)."""
+def stage_table(model: nn.Module) -> list[StageSpec]:
+    """The stages of a CoAtNet ``model`` (the paper's or an rw variant), stem first: its stage plan
+    at its image size, one :class:`~coatlib.models.coatnet.StageSpec` per run of equal blocks.
 
-    stage: str  # "S0" .. "S4"; "S1-S4" for ViT-Rel's single run of Transformer blocks
-    kind: str  # "stem", "C" (MBConv) or "T" (Transformer with relative attention)
-    blocks: int  # L
-    width: int  # D, channels after the run
-    size: tuple[int, int]  # feature-map height and width in the run
-
-
-def _kind_and_width(block: nn.Module) -> tuple[str, int]:
-    """``("C", channels)`` for an MBConv (its project conv), ``("T", channels)`` for a Transformer
-    block (its second LayerNorm)."""
-    if isinstance(block, TransformerBlock):
-        return "T", block.norm2.normalized_shape[0]
-    return "C", block.project.out_channels
-
-
-def stage_table(model: nn.Module) -> list[Segment]:
-    """The stages of a CoAtNet ``model`` as :class:`Segment` rows, stem first.
-
-    A stage whose blocks change kind or width (CoAtNet-6/7 open S3 with MBConv
-    blocks) gives one row per run. Raises ``TypeError`` for a model that is not
-    a CoAtNet.
+    A stage whose blocks change kind (CoAtNet-6/7 open S3 with MBConv blocks) gives one row per
+    run. Raises ``TypeError`` for a model that is not a CoAtNet.
     """
-    if not all(hasattr(model, a) for a in ("stages", "stem", "layout", "image_size")):
+    if not isinstance(model, CoAtNetBase):
         raise TypeError(
             f"stage_table needs a CoAtNet (from coatlib.create_model('coatnet_...')), got {type(model).__name__}"
         )
-    H, W = model.image_size
-    vit = model.layout == "ViT-Rel"
-    if vit:  # one 16x16 patch conv
-        rows = [Segment("S0", "stem", 1, model.stem.out_channels, (H // 16, W // 16))]
-    else:  # two 3x3 convs, the first with stride 2
-        rows = [Segment("S0", "stem", 2, model.stem[1].out_channels, (H // 2, W // 2))]
-    for s, stage in enumerate(model.stages, start=1):
-        size = (H // 16, W // 16) if vit else (H // 2 ** (s + 1), W // 2 ** (s + 1))
-        for block in stage.blocks:
-            kind, width = _kind_and_width(block)
-            last = rows[-1]
-            if last.stage == stage.name and last.kind == kind and last.width == width:
-                rows[-1] = Segment(stage.name, kind, last.blocks + 1, width, size)
-            else:
-                rows.append(Segment(stage.name, kind, 1, width, size))
-    return rows
+    return list(model.plan)
 
 
 def _opaque(fig: plt.Figure, *axes: plt.Axes) -> None:
@@ -104,7 +69,8 @@ def draw_stages(
     kinds = [r.kind for r in rows] + ["head"]
     widths = [r.width for r in rows] + [rows[-1].width]
     xs = range(len(kinds))
-    bars = ax.bar(xs, widths, width=0.8, color=[COLORS[k] for k in kinds], edgecolor="black", linewidth=0.6)
+    colours = [COLOURS[KIND_COLOUR[k]] for k in kinds]
+    bars = ax.bar(xs, widths, width=0.8, color=colours, edgecolor="black", linewidth=0.6)
     for bar, row in zip(bars, rows):
         ax.annotate(
             f"{row.blocks}x {BLOCK_NAMES[row.kind]}\nD={row.width}",
@@ -116,7 +82,7 @@ def draw_stages(
             fontsize=8,
         )
     ax.annotate(
-        "pool, LN,\ntanh, FC",
+        "norm, pool,\nFC" if isinstance(model, RwCoAtNet) else "pool, LN,\ntanh, FC",
         (bars[-1].get_x() + 0.4, bars[-1].get_height()),
         xytext=(0, 3),
         textcoords="offset points",
@@ -135,13 +101,13 @@ def draw_stages(
         title = f"layout {model.layout}, {H}x{W} input, {count_params(model) / 1e6:.2f}M parameters"
     ax.set_title(title, fontsize=10)
     if legend:
-        stage_legend(ax, [k for k in COLORS if k in kinds])
+        stage_legend(ax, [k for k in KIND_COLOUR if k in kinds])
     return fig
 
 
-def stage_legend(ax: plt.Axes, kinds=tuple(COLORS), **kwargs):
+def stage_legend(ax: plt.Axes, kinds=tuple(KIND_COLOUR), **kwargs):
     """Add the legend of ``draw_stages``' colours for ``kinds`` (default: all) to ``ax``; returns it."""
-    handles = [Patch(facecolor=COLORS[k], edgecolor="black", label=LEGEND[k]) for k in kinds]
+    handles = [Patch(facecolor=COLOURS[KIND_COLOUR[k]], edgecolor="black", label=LEGEND[k]) for k in kinds]
     return ax.legend(handles=handles, **{"fontsize": 7, "loc": "upper left", "facecolor": "white", **kwargs})
 
 
@@ -164,7 +130,8 @@ def plot_layout_study(record: dict, task: str = "task") -> plt.Figure:
     2. test accuracy against the final training loss, one line per layout through its sizes
        (the paper's criterion: at equal training loss, the higher point generalizes better).
     """
-    from coatlib.studies.layouts import LAYOUTS, study_table
+    from coatlib.models.coatnet import LAYOUTS
+    from coatlib.studies.layouts import study_table
 
     rows = [r for r in study_table(_check_study(record)) if r["task"] == task and r["world"] == "real"]
     if not rows:
@@ -199,7 +166,8 @@ def plot_ideal_world(record: dict) -> plt.Figure:
     layout (the mean over seeds; the band is the seeds' range), with chance, ``ln(90)``, dashed."""
     import math
 
-    from coatlib.studies.layouts import LAYOUTS, study_runs
+    from coatlib.models.coatnet import LAYOUTS
+    from coatlib.studies.layouts import study_runs
 
     runs = study_runs(_check_study(record), "task", "ideal")
     if not any(runs.values()):

@@ -11,7 +11,8 @@ The rules live beside the models they rename (``coatlib.models.coatnet_rw_timm``
 """
 
 from coatlib.artefacts import imagenet_classes
-from coatlib.models.coatnet_rw_timm import PRETRAINED, TIMM_OPTIONS, load_timm_weights, pretrained_state_dict
+from coatlib.models.coatnet import TIMM_OPTIONS
+from coatlib.models.coatnet_rw_timm import PRETRAINED, load_timm_weights, pretrained_state_dict
 from coatlib.models.torchvision_weights import load_torchvision_weights
 
 __all__ = [

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coatlib.attention import MultiHeadAttention, RelativeAttention, relative_position_index
+from coatlib.attention import MultiHeadAttention, RelativeAttention, relative_position_index, resize_table
 
 
 def make(map_size=(4, 5), softmax="pre", dim=32, head_dim=8, seed=0):
@@ -195,3 +195,38 @@ def test_count_flops_counts_fused_attention():
     explicit = coatlib.count_flops(model, 4)
     linear = 16 * (32 * 96 + 32 * 32)  # qkv and output projections
     assert fused == explicit == linear + 2 * 16 * 16 * 32
+
+
+def test_resizing_keeps_a_frozen_table_frozen():
+    attn = RelativeAttention(32, head_dim=16, map_size=4)
+    attn.relative_bias_table.requires_grad_(False)
+    attn.resize_bias_table(6)
+    assert attn.relative_bias_table.shape == (2, 11, 11) and not attn.relative_bias_table.requires_grad
+
+
+def test_a_head_size_that_does_not_divide_names_the_nearest_divisor():
+    with pytest.raises(ValueError, match=r"divide the width 96: .*\(e\.g\. 32\)"):
+        RelativeAttention(96, head_dim=36)
+
+
+def test_multi_head_attention_adds_the_bias_before_the_softmax():
+    """Eq. 2 with a bias b: softmax_j(q_i . k_j / sqrt(d) + b_ij) v_j, written out from the weights."""
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(16, head_dim=8)
+    x, bias = torch.randn(2, 5, 16), torch.randn(2, 5, 5) * 3
+    q, k, v = F.linear(x, attn.qkv.weight, attn.qkv.bias).view(2, 5, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    a = (q @ k.transpose(-1, -2) / 8**0.5 + bias).softmax(-1)
+    expected = F.linear((a @ v).transpose(1, 2).reshape(2, 5, 16), attn.proj.weight, attn.proj.bias)
+    torch.testing.assert_close(attn(x, bias), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_post_softmax_weights_are_a_softmax_over_the_keys_plus_the_bias():
+    attn = make((3, 4), "post")
+    x = torch.randn(2, 32, 3, 4)
+    weights = attn.attention_weights(x) - attn.relative_bias()  # (B, heads, queries, keys)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 12))
+
+
+def test_a_resized_table_keeps_its_dtype():
+    table = torch.randn(2, 7, 7, dtype=torch.bfloat16)
+    assert resize_table(table, (11, 11)).dtype == torch.bfloat16

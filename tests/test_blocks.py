@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from coatlib.blocks import FusedMBConv, InvertedResidual, MBConv, TransformerBlock
+from coatlib.layers import SqueezeExcite
 
 
 def randomize_(module: nn.Module) -> nn.Module:
@@ -50,7 +51,7 @@ def eq5(block: MBConv, x: torch.Tensor, stride: int, pool: str) -> torch.Tensor:
     if stride == 2:
         shortcut = pool2(shortcut, pool)
     if shortcut.shape[1] != block.project.out_channels:
-        shortcut = conv(shortcut, block.shortcut[-1])
+        shortcut = conv(shortcut, block.shortcut.proj)
     h = bn(x, block.norm)
     h = F.gelu(bn(conv(h, block.expand[0]), block.expand[1]))
     h = F.gelu(bn(conv(h, block.dw[0]), block.dw[1]))
@@ -75,7 +76,7 @@ def test_mbconv_widths_follow_the_paper():
     block = MBConv(96, 192, stride=2)
     assert block.expand[0].out_channels == 4 * 192 and block.se.fc1.out_channels == 192 // 4
     same = randomize_(MBConv(32, 32))
-    assert isinstance(same.shortcut, nn.Sequential) and len(same.shortcut) == 0  # identity shortcut
+    assert not list(same.shortcut.parameters()) and isinstance(same.shortcut.pool, nn.Identity)  # identity shortcut
     x = torch.randn(1, 32, 6, 6)
     with torch.no_grad():
         torch.testing.assert_close(same(x), eq5(same, x, 1, "max"), atol=1e-5, rtol=1e-5)
@@ -94,12 +95,14 @@ def test_mbconv_rejects_unknown_downsample():
 # ---- Eq. 4: the Transformer block ------------------------------------------------------------
 
 
-def eq4(block: TransformerBlock, x: torch.Tensor, stride: int, pool: str, norm_then_pool: bool = True):
-    """x <- Proj(Pool(x)) + Attention(Pool(LN(x))); x <- x + FFN(LN(x)), attention written out."""
+def eq4(block: TransformerBlock, x: torch.Tensor, stride: int, pool: str, norm_then_pool: bool = True, scales=None):
+    """x <- Proj(Pool(x)) + Attention(Pool(LN(x))); x <- x + FFN(LN(x)), attention written out;
+    with ``scales = (g1, g2)`` each branch is multiplied per channel (layer scale, timm's rw-3)."""
+    g1, g2 = (s.view(1, -1, 1, 1) for s in scales) if scales is not None else (1.0, 1.0)
     attn = block.attn
     shortcut = pool2(x, pool) if stride == 2 else x
     if shortcut.shape[1] != block.norm2.normalized_shape[0]:
-        shortcut = conv(shortcut, block.shortcut[-1])
+        shortcut = conv(shortcut, block.shortcut.proj)
     if norm_then_pool:
         h = ln_channels(x, block.norm1)
         h = pool2(h, pool) if stride == 2 else h
@@ -118,14 +121,14 @@ def eq4(block: TransformerBlock, x: torch.Tensor, stride: int, pool: str, norm_t
     a = (q @ k.transpose(-1, -2)) / attn.head_dim**0.5 + w
     out = (a.softmax(-1) @ v).transpose(1, 2).reshape(B, H * W, -1)
     out = F.linear(out, attn.proj.weight, attn.proj.bias).transpose(1, 2).reshape(B, -1, H, W)
-    x = shortcut + out
+    x = shortcut + g1 * out
     h = ln_channels(x, block.norm2)
     h = h.permute(0, 2, 3, 1)  # the FFN acts on every position's channels
     h = F.linear(
         F.gelu(F.linear(h, block.ffn.fc1.weight, block.ffn.fc1.bias)), block.ffn.fc2.weight, block.ffn.fc2.bias
     )
     h = h.permute(0, 3, 1, 2)
-    return x + h
+    return x + g2 * h
 
 
 @pytest.mark.parametrize("pool", ["max", "avg"])
@@ -147,6 +150,19 @@ def test_transformer_block_without_downsampling_is_eq4():
     x = torch.randn(2, 16, 5, 3)
     with torch.no_grad():
         torch.testing.assert_close(block(x), eq4(block, x, 1, "max"), atol=1e-5, rtol=1e-5)
+
+
+def test_transformer_block_with_layer_scale_scales_both_branches():
+    torch.manual_seed(0)
+    block = randomize_(TransformerBlock(16, 32, map_size=(4, 4), stride=2, head_dim=8, layer_scale=1e-6))
+    assert torch.equal(block.ls1.gamma, torch.full((32,), 1e-6))  # starts almost switched off
+    with torch.no_grad():
+        block.ls1.gamma.uniform_(0.5, 1.5)
+        block.ls2.gamma.uniform_(-1.0, 1.0)
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        expected = eq4(block, x, 2, "max", scales=(block.ls1.gamma, block.ls2.gamma))
+        torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
 
 
 # ---- the zoo's inverted residuals --------------------------------------------------------------
@@ -175,3 +191,32 @@ def test_fused_mbconv_replaces_expand_and_depthwise_by_one_conv():
     assert block.expand[0].kernel_size == (3, 3) and block.expand[0].groups == 1
     ratio1 = FusedMBConv(16, 24, 16, stride=2)
     assert isinstance(ratio1.project, nn.Identity) and ratio1(torch.randn(1, 16, 8, 8)).shape == (1, 24, 4, 4)
+
+
+def test_fused_mbconv_with_ratio_1_is_one_conv_bn_silu():
+    """EfficientNetV2's first stage: expansion 1, the k x k conv (with its BN and SiLU) is the whole branch."""
+    block = randomize_(FusedMBConv(16, 16, 16))
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), x + F.silu(bn(conv(x, block.expand[0]), block.expand[1])))
+    down = FusedMBConv(16, 16, 64, stride=2)  # same width, but the size changes: no shortcut
+    assert not down.has_residual and down.expand[0].stride == (2, 2) and down(x).shape == (2, 16, 4, 4)
+    assert down.project[0].kernel_size == (1, 1) and isinstance(down.project[1], nn.BatchNorm2d)
+
+
+def test_inverted_residual_with_mobilenet_v3_squeeze_excitation():
+    """MobileNetV3's block: 1x1 expand, 5x5 depthwise, SE (ReLU, hard-sigmoid) and hard-swish elsewhere."""
+    block = randomize_(
+        InvertedResidual(16, 16, 64, kernel_size=5, se_chs=16, act_layer=nn.Hardswish, se_act_layer=nn.ReLU,
+                         se_gate_layer=nn.Hardsigmoid)
+    )  # fmt: skip
+    assert block.expand[0].kernel_size == (1, 1) and block.project[0].kernel_size == (1, 1)
+    assert block.dw[0].kernel_size == (5, 5) and block.dw[0].groups == 64
+    x = torch.randn(2, 16, 8, 8) * 4
+    with torch.no_grad():
+        h = F.hardswish(bn(conv(x, block.expand[0]), block.expand[1]))
+        h = F.hardswish(bn(conv(h, block.dw[0]), block.dw[1]))
+        s = F.hardsigmoid(conv(F.relu(conv(h.mean((2, 3), keepdim=True), block.se.fc1)), block.se.fc2))
+        h = bn(conv(h * s, block.project[0]), block.project[1])
+        torch.testing.assert_close(block(x), x + h, atol=1e-5, rtol=1e-5)
+    assert isinstance(InvertedResidual(8, 8, 8, se_chs=1).se, SqueezeExcite)  # one SE channel is still an SE

@@ -6,7 +6,7 @@ import torch
 import coatlib
 from coatlib.blocks import MBConv, TransformerBlock
 from coatlib.flops import count_params
-from coatlib.models.coatnet import CoAtNet
+from coatlib.models.coatnet import CoAtNet, CoAtNetConfig
 
 
 def meta_model(name, **kw):
@@ -373,3 +373,87 @@ def test_state_dict_of_another_model_lists_keys_by_stage():
     assert "missing keys:\n  stages.2 (" in message and "unexpected keys:\n  stages.2 (" in message
     assert "stem" not in message.split("missing keys")[1]  # the stem and S1, S2, S4 match
     m.load_state_dict(other, strict=False)  # the matching keys load when asked
+
+
+@pytest.mark.parametrize("name", ["coatnet_pico", "coatnet_nano_rw", "coatnet_pico_s3_conv"])
+def test_state_dicts_from_before_the_named_shortcut_load(name):
+    """Until issue 25 the shortcut Proj(Pool(x)) was an nn.Sequential: its conv was saved as
+    ``shortcut.1`` after a pool and ``shortcut.0`` without one (the keys of commit 31c7219)."""
+    old = {
+        "coatnet_pico": ["stages.1.blocks.0.shortcut.1", "stages.2.blocks.0.shortcut.1", "stages.3.blocks.0.shortcut.1"],
+        "coatnet_nano_rw": ["stages.1.blocks.0.shortcut.1", "stages.2.blocks.0.shortcut.1", "stages.3.blocks.0.shortcut.1"],
+        "coatnet_pico_s3_conv": [
+            "stages.1.blocks.0.shortcut.1", "stages.2.blocks.0.shortcut.1", "stages.2.blocks.1.shortcut.0",
+            "stages.3.blocks.0.shortcut.1",
+        ],
+    }[name]  # fmt: skip
+
+    def build(seed):
+        torch.manual_seed(seed)
+        if name == "coatnet_pico_s3_conv":  # S3 opens with an MBConv block, then widens at stride 1
+            config = CoAtNetConfig(16, (1, 1, 2, 1), (16, 32, 64, 128), head_dim=16, s3_conv=(1, 48))
+            return CoAtNet(config, num_classes=3, image_size=64).eval()
+        return coatlib.create_model(name, num_classes=3, image_size=64).eval()
+
+    source, target = build(0), build(1)
+    projections = sorted({k.rsplit(".", 1)[0] for k in source.state_dict() if ".shortcut." in k})
+    assert projections == sorted(key.rsplit(".", 1)[0] + ".proj" for key in old)
+    renamed = {}
+    for key, value in source.state_dict().items():
+        block, _, param = key.partition(".shortcut.proj.")
+        if param:  # the old name of this block's shortcut conv
+            key = next(o for o in old if o.startswith(block + ".shortcut.")) + "." + param
+        renamed[key] = value
+    assert sorted(k.rsplit(".", 1)[0] for k in renamed if ".shortcut." in k) == sorted(old * 2)
+    target.load_state_dict(renamed)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), source(x))
+
+
+def test_set_image_size_follows_the_layout():
+    """ViT-Rel cuts 16x16 patches: 80 x 80 is a valid size for it (not for a C-C-T-T model)."""
+    vit = coatlib.create_model("coatnet_pico", layout="ViT-Rel", num_classes=3, image_size=64)
+    vit.set_image_size(80)
+    assert vit.stages[0].blocks[0].attn.map_size == (5, 5) and vit(torch.randn(1, 3, 80, 80)).shape == (1, 3)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        coatlib.create_model("coatnet_pico", image_size=64).set_image_size(80)
+
+
+def test_a_refused_state_dict_names_an_unregistered_config():
+    config = CoAtNetConfig(16, (1, 1, 1, 1), (16, 32, 64, 128), head_dim=16)
+    with pytest.raises(RuntimeError, match=r"CoAtNet CoAtNetConfig\(stem=16.* with layout 'C-C-T-T'"):
+        CoAtNet(config, image_size=64).load_state_dict({})
+
+
+def test_a_refused_state_dict_lists_three_keys_per_stage():
+    m = coatlib.create_model("coatnet_pico", image_size=64)
+    state = m.state_dict()
+    dropped = ["stem.0.0.weight"] + [k for k in state if k.startswith("stages.1.")][:4]
+    with pytest.raises(RuntimeError) as info:
+        m.load_state_dict({k: v for k, v in state.items() if k not in dropped})
+    first, *rest = dropped
+    assert (
+        f"5 missing keys:\n  stem (1): {first}\n  stages.1 (4): {', '.join(rest[:3])}, ...\nis it from another model"
+        in str(info.value)
+    )
+
+
+def test_set_image_size_to_a_non_square_size():
+    m = coatlib.create_model("coatnet_pico", num_classes=3, image_size=64)
+    m.set_image_size((64, 128))  # S3 sees 4 x 8, S4 2 x 4
+    assert [b.attn.map_size for s in m.stages[2:] for b in s.blocks] == [(4, 8), (4, 8), (2, 4)]
+    assert m(torch.randn(1, 3, 64, 128)).shape == (1, 3)
+
+
+def test_se_act_reaches_every_mbconv():
+    m = meta_model("coatnet_pico", se_act="silu")
+    acts = [type(b.se.act) for b in all_blocks(m) if isinstance(b, MBConv)]
+    assert acts and set(acts) == {torch.nn.SiLU} and isinstance(all_blocks(m)[0].expand[2], torch.nn.GELU)
+
+
+def test_loading_a_state_dict_keeps_the_parameters_an_optimizer_holds():
+    m = coatlib.create_model("coatnet_pico", image_size=64)
+    before = list(m.parameters())
+    m.load_state_dict(coatlib.create_model("coatnet_pico", image_size=64).state_dict())
+    assert all(a is b for a, b in zip(before, m.parameters()))

@@ -6,10 +6,9 @@ import torch
 from matplotlib.colors import to_hex, to_rgba
 
 import coatlib
+from coatlib.diagrams import COLOURS, KIND_COLOUR
 from coatlib.flops import count_params
 from coatlib.viz import (
-    COLORS,
-    Segment,
     draw_stages,
     plot_ideal_world,
     plot_layout_study,
@@ -23,6 +22,15 @@ def meta_model(name, **kw):
         return coatlib.create_model(name, **kw)
 
 
+def Segment(stage, kind, blocks, width, size):
+    """A row of the paper's Table 3, as written there: what every stage table row must say."""
+    return (stage, kind, blocks, width, size)
+
+
+def rows(table):
+    return [(r.stage, r.kind, r.blocks, r.width, r.size) for r in table]
+
+
 @pytest.fixture(autouse=True)
 def close_figures():
     yield
@@ -31,7 +39,7 @@ def close_figures():
 
 def test_stage_table_is_the_papers_table_3_row():
     """CoAtNet-0 (paper Table 3): L/D per stage and the map sizes at 224."""
-    assert stage_table(meta_model("coatnet_0")) == [
+    assert rows(stage_table(meta_model("coatnet_0"))) == [
         Segment("S0", "stem", 2, 64, (112, 112)),
         Segment("S1", "C", 2, 96, (56, 56)),
         Segment("S2", "C", 3, 192, (28, 28)),
@@ -42,23 +50,34 @@ def test_stage_table_is_the_papers_table_3_row():
 
 def test_stage_table_splits_a_stage_that_changes_block_type():
     """CoAtNet-7 (paper Table 14): S3 opens with 8 MBConv blocks at 1024, then 42 TFMRel at 2048."""
-    rows = [r for r in stage_table(meta_model("coatnet_7")) if r.stage == "S3"]
-    assert rows == [Segment("S3", "C", 8, 1024, (14, 14)), Segment("S3", "T", 42, 2048, (14, 14))]
+    s3 = [r for r in rows(stage_table(meta_model("coatnet_7"))) if r[0] == "S3"]
+    assert s3 == [Segment("S3", "C", 8, 1024, (14, 14)), Segment("S3", "T", 42, 2048, (14, 14))]
+
+
+def test_stage_table_of_an_rw_model_is_timms_config():
+    """timm's coatnet_0_rw_224 (maxxvit.py): stem 32/64, depths (2, 3, 7, 2), widths (96, 192, 384, 768)."""
+    assert rows(stage_table(meta_model("coatnet_0_rw"))) == [
+        Segment("S0", "stem", 2, 64, (112, 112)),
+        Segment("S1", "C", 2, 96, (56, 56)),
+        Segment("S2", "C", 3, 192, (28, 28)),
+        Segment("S3", "T", 7, 384, (14, 14)),
+        Segment("S4", "T", 2, 768, (7, 7)),
+    ]
 
 
 @pytest.mark.parametrize("layout", ["C-C-C-C", "C-C-C-T", "C-C-T-T", "C-T-T-T"])
 def test_stage_table_follows_the_layout_and_the_image_size(layout):
-    rows = stage_table(meta_model("coatnet_nano", layout=layout, image_size=(64, 96)))
-    assert [r.kind for r in rows[1:]] == layout.split("-")
-    assert [r.size for r in rows] == [(32, 48), (16, 24), (8, 12), (4, 6), (2, 3)]
-    assert sum(r.blocks for r in rows[1:]) == sum(
+    table = stage_table(meta_model("coatnet_nano", layout=layout, image_size=(64, 96)))
+    assert [r.kind for r in table[1:]] == layout.split("-")
+    assert [r.size for r in table] == [(32, 48), (16, 24), (8, 12), (4, 6), (2, 3)]
+    assert sum(r.blocks for r in table[1:]) == sum(
         len(stage.blocks) for stage in meta_model("coatnet_nano", layout=layout, image_size=(64, 96)).stages
     )
 
 
 def test_stage_table_of_vit_rel():
-    rows = stage_table(meta_model("coatnet_pico", layout="ViT-Rel", image_size=64))
-    assert rows == [Segment("S0", "stem", 1, 64, (4, 4)), Segment("S1-S4", "T", 5, 64, (4, 4))]
+    table = rows(stage_table(meta_model("coatnet_pico", layout="ViT-Rel", image_size=64)))
+    assert table == [Segment("S0", "stem", 1, 64, (4, 4)), Segment("S1-S4", "T", 5, 64, (4, 4))]
 
 
 def test_stage_table_rejects_other_models():
@@ -68,12 +87,13 @@ def test_stage_table_rejects_other_models():
 
 def test_draw_stages_draws_one_bar_per_run_and_the_head():
     model = meta_model("coatnet_6")
-    rows = stage_table(model)
+    table = stage_table(model)
     fig = draw_stages(model)
     ax = fig.axes[0]
     bars = ax.patches
-    assert [b.get_height() for b in bars] == [r.width for r in rows] + [rows[-1].width]
-    assert [to_hex(b.get_facecolor()) for b in bars] == [COLORS[r.kind] for r in rows] + [COLORS["head"]]
+    assert [b.get_height() for b in bars] == [r.width for r in table] + [table[-1].width]
+    colours = [COLOURS[KIND_COLOUR[k]] for k in [r.kind for r in table] + ["head"]]
+    assert [to_hex(b.get_facecolor()) for b in bars] == colours
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert labels[3:5] == ["S3\n14x14", "S3\n14x14"] and labels[-1] == "head\n1x1"
     notes = [t.get_text() for t in ax.texts]
@@ -159,3 +179,11 @@ def test_study_plots_reject_what_is_not_a_study():
             plot_layout_study(bad)
     with pytest.raises(ValueError, match="no finished real-world runs of 'local'"):
         plot_layout_study(fake_study(), task="local")
+
+
+def test_draw_stages_draws_an_rw_model():
+    """timm's coatnet_3_rw (stem 96/192; depths 2, 6, 14, 2; widths 192 .. 1536) and its head."""
+    ax = draw_stages(meta_model("coatnet_3_rw")).axes[0]
+    assert [b.get_height() for b in ax.patches] == [192, 192, 384, 768, 1536, 1536]
+    notes = [t.get_text() for t in ax.texts]
+    assert "14x TFMRel\nD=768" in notes and "norm, pool,\nFC" in notes

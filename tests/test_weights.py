@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import coatlib
-from coatlib.models.coatnet_rw_timm import TIMM_OPTIONS
+from coatlib.models.coatnet import TIMM_OPTIONS
 
 
 def randomize_(model: nn.Module, size: int) -> nn.Module:

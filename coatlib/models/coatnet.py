@@ -7,13 +7,18 @@ blocks ("T"); the paper's CoAtNet is "C-C-T-T" and section 2.2 compares it with
 C-C-C-C, C-C-C-T, C-T-T-T and ViT-Rel. Configs mirror the paper's Table 3
 (CoAtNet-0..4) and Table 14 (5..7). The blocks themselves are in
 :mod:`coatlib.blocks`.
+
+:func:`stage_plan` turns a config, a layout and an image size into the stages
+(:class:`StageSpec`: kind, L, D, map size, stride); every CoAtNet (the paper's and
+timm's rw variants) is built from it, and the diagrams and stage tables are drawn
+from it, so that they cannot disagree.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -51,7 +56,14 @@ CONFIGS: dict[str, CoAtNetConfig] = {
     "coatnet_pico": CoAtNetConfig(16, (1, 1, 2, 1), (16, 32, 64, 128), head_dim=16),
 }
 
-LAYOUTS = ("C-C-C-C", "C-C-C-T", "C-C-T-T", "C-T-T-T", "ViT-Rel")
+# The layouts of the paper's section 2.2, in one order for the whole library (the layout study
+# runs and shows them in it): ViT-Rel, then the conv stem with ever more attention stages at the end.
+LAYOUTS = ("ViT-Rel", "C-C-C-C", "C-C-C-T", "C-C-T-T", "C-T-T-T")
+# The kinds of run in a stage plan ("C" and "T" as in a layout's letters) and what their blocks are.
+BLOCK_NAMES = {"stem": "conv", "C": "MBConv", "T": "TFMRel"}
+# timm's choices for its coatnet_N_224 models where the paper is silent or differs (see CoAtNet's docstring):
+# CoAtNet(config, **TIMM_OPTIONS) is timm's model; the rw variants share pool and norm_eps.
+TIMM_OPTIONS = {"downsample": "dw", "pool": "avg", "se_act": "silu", "norm_eps": 1e-6}
 
 
 def parse_layout(layout: str) -> tuple[str, str, str, str] | None:
@@ -62,7 +74,7 @@ def parse_layout(layout: str) -> tuple[str, str, str, str] | None:
     """
     if layout == "ViT-Rel":
         return None
-    kinds = tuple(layout.split("-"))
+    kinds = tuple(layout.split("-")) if isinstance(layout, str) else ()
     bad = [k for k in kinds if k not in ("C", "T")]
     if bad or len(kinds) != 4:
         raise ValueError(
@@ -80,6 +92,80 @@ def parse_layout(layout: str) -> tuple[str, str, str, str] | None:
             f"come before Transformer stages (paper section 2.2); valid: {', '.join(LAYOUTS)}"
         )
     return kinds  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One run of equal blocks: a row of the paper's Table 3 (a stage, or part of one).
+
+    The first block of the run takes ``in_width`` channels and the ``stride``; the
+    others keep ``width`` channels and stride 1. S3 of CoAtNet-6/7 is two runs
+    (MBConv, then Transformer blocks); ViT-Rel's single stage is named ``"S1-S4"``.
+    """
+
+    stage: str  # "S0" .. "S4"
+    kind: str  # "stem", "C" (MBConv) or "T" (Transformer with relative attention): BLOCK_NAMES
+    blocks: int  # L (the stem: its convs)
+    width: int  # D, the channels after the run
+    size: tuple[int, int]  # (H, W) of the feature map after the run's first block
+    in_width: int  # channels into the run
+    stride: int  # the first block's stride (the stem's: the whole down-sampling it does)
+    head_dim: int | None = None  # attention head size, in a "T" run
+
+    @property
+    def heads(self) -> int | None:
+        """Attention heads of a "T" run: ``width / head_dim``."""
+        return None if self.head_dim is None else self.width // self.head_dim
+
+
+def stage_plan(
+    config, layout: str = "C-C-T-T", image_size: int | tuple[int, int] = 224, in_chans: int = 3
+) -> tuple[StageSpec, ...]:
+    """The stages of a CoAtNet: the stem S0, then S1..S4 as runs of blocks (:class:`StageSpec`).
+
+    ``config`` gives ``stem`` (the stem's width, or its two convs' widths), ``depths``,
+    ``widths``, ``head_dim`` and ``s3_conv`` (the MBConv run that opens S3 in CoAtNet-6/7);
+    a :class:`CoAtNetConfig` or an rw model's ``RwConfig``. Every CoAtNet is built from
+    this plan, and the figures and stage tables are drawn from it. Raises ``ValueError``
+    for an invalid layout, image size or head size.
+    """
+    kinds = parse_layout(layout)
+    H, W = check_coatnet_size(image_size, layout)
+    head_dim = config.head_dim
+    if kinds is None:  # ViT-Rel: one 16x16 patch stem at S3's width, then only Transformer blocks at 1/16
+        width, size = config.widths[2], (H // 16, W // 16)
+        depth = sum(config.depths) + (config.s3_conv[0] if config.s3_conv else 0)
+        plan = [
+            StageSpec("S0", "stem", 1, width, size, in_chans, 16),
+            StageSpec("S1-S4", "T", depth, width, size, width, 1, head_dim),
+        ]
+    else:
+        stem = config.stem if isinstance(config.stem, int) else config.stem[-1]
+        plan = [StageSpec("S0", "stem", 2, stem, (H // 2, W // 2), in_chans, 2)]
+        for s, (kind, depth, width) in enumerate(zip(kinds, config.depths, config.widths), start=1):
+            runs = [(kind, depth, width)]
+            if s == 3 and config.s3_conv is not None:  # CoAtNet-6/7 open S3 with MBConv blocks
+                runs.insert(0, ("C", *config.s3_conv))
+            size = (H // 2 ** (s + 1), W // 2 ** (s + 1))
+            for i, (k, d, w) in enumerate(runs):
+                head = head_dim if k == "T" else None
+                plan.append(StageSpec(f"S{s}", k, d, w, size, plan[-1].width, 2 if i == 0 else 1, head))
+    for run in plan:
+        if run.kind == "T":
+            num_heads_for(run.width, head_dim)  # a clear error before anything is built
+    return tuple(plan)
+
+
+def build_stages(runs: list[StageSpec], block: Callable[..., nn.Module], drop_path_rate: float) -> nn.ModuleList:
+    """The stages S1..S4 of a plan: ``block(run, in_width, stride, drop_path)`` for every block of every
+    run, with stochastic depth growing linearly over all blocks."""
+    rates = iter(drop_path_rates(drop_path_rate, sum(run.blocks for run in runs)))
+    stages: dict[str, list[nn.Module]] = {}
+    for run in runs:
+        for i in range(run.blocks):
+            in_width, stride = (run.in_width, run.stride) if i == 0 else (run.width, 1)
+            stages.setdefault(run.stage, []).append(block(run, in_width, stride, next(rates)))
+    return nn.ModuleList(Stage(name, blocks) for name, blocks in stages.items())
 
 
 class ConvStem(nn.Sequential):
@@ -118,7 +204,74 @@ class PatchStem(nn.Conv2d):
         super().__init__(in_chs, out_chs, patch, patch)
 
 
-class CoAtNet(nn.Module):
+class CoAtNetBase(nn.Module):
+    """What every CoAtNet shares, the paper's and timm's rw variants: a stage plan
+    (``model.plan``, from ``config``, ``layout`` and ``image_size``), the stem S0
+    (``model.stem``) and the stages S1..S4 (``model.stages``) built from it, the input
+    check, resizing to another image size and loading by stage. A subclass builds the
+    modules and writes ``forward`` (its head)."""
+
+    CONFIGS: dict = {}  # the registered configs, to name a model's config in messages
+
+    @property
+    def plan(self) -> tuple[StageSpec, ...]:
+        """The stages of this model at its current image size (:func:`stage_plan`)."""
+        return stage_plan(self.config, self.layout, self.image_size, self.in_chans)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` -> the last feature map ``(B, D, H/32, W/32)``."""
+        self._check_input(x)
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))  # S0: (B, D0, H/2, W/2)
+        for stage in self.stages:  # S1..S4, each halves the size
+            x = stage(x)
+        return x
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        check_images(x, self.in_chans, min_size=1, dtype=next(self.parameters()).dtype)
+        if tuple(x.shape[-2:]) != self.image_size:
+            raise ValueError(
+                f"this model was built for {self.image_size[0]}x{self.image_size[1]} images but got "
+                f"{x.shape[-2]}x{x.shape[-1]}: rebuild it with create_model(..., image_size={tuple(x.shape[-2:])}) "
+                f"(a state dict from another size loads and its bias tables are resized) or call "
+                f"model.set_image_size({tuple(x.shape[-2:])})"
+            )
+
+    def set_image_size(self, image_size: int | tuple[int, int]) -> None:
+        """Adapt a built model to another input size: every relative-bias table is resized bilinearly."""
+        new = check_coatnet_size(image_size, self.layout)
+        for m in self.modules():
+            if isinstance(m, RelativeAttention):
+                h, w = m.map_size
+                m.resize_bias_table((h * new[0] // self.image_size[0], w * new[1] // self.image_size[1]))
+        self.image_size = new
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``; with ``strict=True`` a state dict of another model is refused
+        with its missing and unexpected keys grouped by stage (``stem``, ``stages.0`` ...)."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        if strict and (result.missing_keys or result.unexpected_keys):
+            raise RuntimeError(
+                f"this state dict does not fit {type(self).__name__} {self.config_name()}:\n"
+                + _grouped("missing", result.missing_keys)
+                + _grouped("unexpected", result.unexpected_keys)
+                + "is it from another model, layout or variant? Build the model it was saved from "
+                "(create_model(name, ...)), or pass strict=False to load only the matching keys."
+            )
+        return result
+
+    def config_name(self) -> str:
+        name = next((f"{n!r}" for n, c in self.CONFIGS.items() if c == self.config), repr(self.config))
+        return f"{name} with layout {self.layout!r}"
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            "torch.jit.script does not support coatlib's CoAtNet (einops and keyword arguments in its forward); "
+            "TorchScript is deprecated: use torch.compile(model) for speed or torch.export.export(model, (x,)) "
+            "to export a graph"
+        )
+
+
+class CoAtNet(CoAtNetBase):
     """CoAtNet: conv stem S0, stages S1..S4 of MBConv ("C") or Transformer ("T") blocks, then
     the head: global average pooling, LayerNorm, a ``D x D`` pre-logits layer with tanh, and
     a linear classifier.
@@ -149,9 +302,10 @@ class CoAtNet(nn.Module):
     ``downsample="conv"`` puts the stride of a down-sampling MBConv on its first
     1x1 conv (Eq. 5, default); ``"dw"`` on the depthwise conv (Table 9).
     ``pool`` is the shortcut's 2x2 pooling: ``"max"`` (paper) or ``"avg"``.
-    timm's ``coatnet_N_224`` is ``downsample="dw", pool="avg", se_act="silu",
-    norm_eps=1e-6`` (see :func:`coatlib.weights.load_timm_weights`).
+    timm's ``coatnet_N_224`` is ``CoAtNet(config, **TIMM_OPTIONS)``.
     """
+
+    CONFIGS = CONFIGS
 
     def __init__(
         self,
@@ -169,51 +323,40 @@ class CoAtNet(nn.Module):
         head_dim: int | None = None,
     ):
         super().__init__()
-        kinds = parse_layout(layout)
         if se_act not in SE_ACTIVATIONS:
             raise ValueError(f"se_act must be one of {', '.join(map(repr, SE_ACTIVATIONS))}, got {se_act!r}")
-        self.config, self.layout, self.in_chans = config, layout, in_chans
+        self.config = config if head_dim is None else replace(config, head_dim=head_dim)
+        self.layout, self.in_chans = layout, in_chans
         self.image_size = check_coatnet_size(image_size, layout)
-        head_dim = head_dim or config.head_dim
-        H, W = self.image_size
+        stem, *runs = self.plan
 
-        # every stage: its name and blocks (kind, in, out, stride, feature-map size after it)
-        plan: list[tuple[str, list[tuple[str, int, int, int, tuple[int, int]]]]] = []
-        if kinds is None:  # ViT-Rel: one 16x16 patch stem, then only Transformer blocks at 1/16
-            width = config.widths[2]
-            self.stem = PatchStem(in_chans, width)
-            n_blocks = sum(config.depths) + (config.s3_conv[0] if config.s3_conv else 0)
-            plan.append(("S1-S4", [("T", width, width, 1, (H // 16, W // 16))] * n_blocks))
-        else:
-            self.stem = ConvStem(in_chans, config.stem)
-            c = config.stem
-            for s in range(4):
-                segments = [(kinds[s], config.depths[s], config.widths[s])]
-                if s == 2 and config.s3_conv is not None:  # CoAtNet-6/7 open S3 with MBConv blocks
-                    segments.insert(0, ("C", *config.s3_conv))
-                size = (H // 2 ** (s + 2), W // 2 ** (s + 2))
-                blocks = []
-                for kind, depth, width in segments:
-                    for _ in range(depth):
-                        blocks.append((kind, c, width, 2 if not blocks else 1, size))
-                        c = width
-                plan.append((f"S{s + 1}", blocks))
-        self.num_features = plan[-1][1][-1][2]
+        def block(run: StageSpec, in_width: int, stride: int, drop_path: float) -> nn.Module:
+            if run.kind == "C":
+                se_act_layer = SE_ACTIVATIONS[se_act]
+                return MBConv(
+                    in_width,
+                    run.width,
+                    stride,
+                    downsample=downsample,
+                    pool=pool,
+                    se_act_layer=se_act_layer,
+                    drop_path=drop_path,
+                )
+            return TransformerBlock(
+                in_width,
+                run.width,
+                run.size,
+                stride,
+                run.head_dim,
+                softmax,
+                pool=pool,
+                norm_eps=norm_eps,
+                drop_path=drop_path,
+            )
 
-        rates = iter(drop_path_rates(drop_path_rate, sum(len(blocks) for _, blocks in plan)))
-        conv_block = partial(MBConv, downsample=downsample, pool=pool, se_act_layer=SE_ACTIVATIONS[se_act])
-        attn_block = partial(TransformerBlock, head_dim=head_dim, softmax=softmax, pool=pool, norm_eps=norm_eps)
-        self.stages = nn.ModuleList()
-        for name, blocks in plan:
-            modules = []
-            for kind, cin, cout, stride, size in blocks:
-                if kind == "C":
-                    modules.append(conv_block(cin, cout, stride, drop_path=next(rates)))
-                else:
-                    num_heads_for(cout, head_dim)  # validate before building
-                    modules.append(attn_block(cin, cout, size, stride, drop_path=next(rates)))
-            self.stages.append(Stage(name, modules))
-
+        self.stem = PatchStem(in_chans, stem.width) if layout == "ViT-Rel" else ConvStem(in_chans, stem.width)
+        self.stages = build_stages(runs, block, drop_path_rate)
+        self.num_features = runs[-1].width
         self.norm = nn.LayerNorm(self.num_features, eps=norm_eps)
         self.pre_logits = nn.Sequential(nn.Linear(self.num_features, self.num_features), nn.Tanh())
         self.head = nn.Linear(self.num_features, num_classes)
@@ -222,53 +365,9 @@ class CoAtNet(nn.Module):
         # cuDNN, and the Transformer blocks' switch to tokens (B, H*W, C) is a view, not a copy.
         self.to(memory_format=torch.channels_last)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, C, H, W)`` -> the last feature map ``(B, D, H/32, W/32)``."""
-        self._check_input(x)
-        x = self.stem(x.contiguous(memory_format=torch.channels_last))  # S0: (B, D0, H/2, W/2)
-        for stage in self.stages:  # S1..S4, each halves the size
-            x = stage(x)
-        return x
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(x).mean((2, 3))  # global average pooling: (B, D)
         return self.head(self.pre_logits(self.norm(x)))
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        check_images(x, self.in_chans, min_size=1, dtype=next(self.parameters()).dtype)
-        if tuple(x.shape[-2:]) != self.image_size:
-            raise ValueError(
-                f"this model was built for {self.image_size[0]}x{self.image_size[1]} images but got "
-                f"{x.shape[-2]}x{x.shape[-1]}: rebuild it with create_model(..., image_size={tuple(x.shape[-2:])}) "
-                f"(a state dict from another size loads and its bias tables are resized) or call "
-                f"model.set_image_size({tuple(x.shape[-2:])})"
-            )
-
-    def set_image_size(self, image_size: int | tuple[int, int]) -> None:
-        """Adapt a built model to another input size: every relative-bias table is resized bilinearly."""
-        new = check_coatnet_size(image_size, self.layout)
-        for m in self.modules():
-            if isinstance(m, RelativeAttention):
-                h, w = m.map_size
-                m.resize_bias_table((h * new[0] // self.image_size[0], w * new[1] // self.image_size[1]))
-        self.image_size = new
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """``nn.Module.load_state_dict``; with ``strict=True`` a state dict of another model is refused
-        with its missing and unexpected keys grouped by stage (``stem``, ``stages.0`` ...)."""
-        return load_by_stage(self, state_dict, strict, assign)
-
-    def config_name(self) -> str:
-        return next((f"{n!r}" for n, c in CONFIGS.items() if c == self.config), repr(self.config)) + (
-            f" with layout {self.layout!r}"
-        )
-
-    def __prepare_scriptable__(self):
-        raise RuntimeError(
-            "torch.jit.script does not support coatlib's CoAtNet (einops and keyword arguments in its forward); "
-            "TorchScript is deprecated: use torch.compile(model) for speed or torch.export.export(model, (x,)) "
-            "to export a graph"
-        )
 
 
 SE_ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU}
@@ -286,20 +385,6 @@ def check_coatnet_size(image_size: int | tuple[int, int], layout: str) -> tuple[
             f"{nearest_multiples(max(H, 1), multiple)}, width {nearest_multiples(max(W, 1), multiple)}"
         )
     return H, W
-
-
-def load_by_stage(model: nn.Module, state_dict, strict: bool, assign: bool):
-    """``nn.Module.load_state_dict`` whose refusal lists the missing and unexpected keys by stage."""
-    result = nn.Module.load_state_dict(model, state_dict, strict=False, assign=assign)
-    if strict and (result.missing_keys or result.unexpected_keys):
-        raise RuntimeError(
-            f"this state dict does not fit {type(model).__name__} {model.config_name()}:\n"
-            + _grouped("missing", result.missing_keys)
-            + _grouped("unexpected", result.unexpected_keys)
-            + "is it from another model, layout or variant? Build the model it was saved from "
-            "(create_model(name, ...)), or pass strict=False to load only the matching keys."
-        )
-    return result
 
 
 def _grouped(what: str, keys: list[str]) -> str:

@@ -80,25 +80,25 @@ head) of the log-spaced offset ``sign(d) log(1 + |d|)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
-from coatlib.attention import RelativeAttention, num_heads_for
+from coatlib.attention import RelativeAttention
+from coatlib.blocks import TransformerBlock
 from coatlib.layers import (
     ConvNormAct,
     DepthwiseConv,
+    Downsample,
     DropPath,
-    Layer,
     LayerNorm2d,
-    Mlp,
     SqueezeExcite,
     conv1x1,
-    drop_path_rates,
     init_weights,
     make_pool,
 )
-from coatlib.models.coatnet import CoAtNet, Stage, check_coatnet_size, load_by_stage
+from coatlib.models.coatnet import TIMM_OPTIONS, CoAtNetBase, StageSpec, build_stages, check_coatnet_size
 from coatlib.registry import register_model
 
 
@@ -118,6 +118,7 @@ class RwConfig:
     attn_norm: str = "layernorm"  # the Transformer blocks' and the head's norm: "layernorm" or "batchnorm"
     layer_scale: float | None = None  # initial value of the per-channel scale of each branch (None: none)
     head_dim: int = 32
+    s3_conv: ClassVar[None] = None  # S3 is all Transformer blocks (for coatlib.models.coatnet.stage_plan)
 
 
 RW_CONFIGS: dict[str, RwConfig] = {
@@ -150,6 +151,7 @@ RW_CONFIGS: dict[str, RwConfig] = {
 }
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU}
+NORMS = {"layernorm": LayerNorm2d, "batchnorm": nn.BatchNorm2d}
 
 # The choices that differ between the six models: (what, the paper's choice, the model's, read from its RwConfig).
 _YES = {True: "yes", False: "no"}
@@ -182,17 +184,6 @@ def per_model_table() -> str:
     return "\n".join([*lines, rule])
 
 
-def shortcut(in_chs: int, out_chs: int, stride: int, bias: bool) -> nn.Sequential:
-    """``Proj(Pool(x))`` with a 2x2 average pool and a 1x1 conv with or without bias; either is
-    left out when not needed (the paper's :class:`~coatlib.layers.Downsample`, timm's choices)."""
-    layers: list[nn.Module] = []
-    if stride != 1:
-        layers.append(make_pool("avg", stride))
-    if in_chs != out_chs:
-        layers.append(conv1x1(in_chs, out_chs, bias=bias))
-    return nn.Sequential(*layers)
-
-
 class RwMBConv(nn.Module):
     """timm's rw MBConv (``MbConvBlock``), pre-norm:
 
@@ -202,17 +193,19 @@ class RwMBConv(nn.Module):
     The 1x1 conv expands to ``4 x in_chs`` (the paper: ``4 x out_chs``); SE
     squeezes to a quarter of that; the activation is SiLU. A down-sampling block
     pools 2x2 before the first 1x1 conv (``down="pool"``) or strides its
-    depthwise conv (``"dw"``).
+    depthwise conv (``"dw"``). Its own class, not switches of the paper's
+    :class:`~coatlib.blocks.MBConv`: the SE inside the depthwise unit and the
+    pool before the 1x1 conv change the block's graph and its timm-mapped keys.
     """
 
     def __init__(self, in_chs: int, out_chs: int, config: RwConfig, stride: int = 1, drop_path: float = 0.0):
         super().__init__()
         mid_chs = 4 * in_chs
         pool_first = config.down == "pool" and stride != 1
-        self.shortcut = shortcut(in_chs, out_chs, stride, config.conv_bias)
+        self.shortcut = Downsample(in_chs, out_chs, stride, TIMM_OPTIONS["pool"], bias=config.conv_bias)
         self.norm = nn.BatchNorm2d(in_chs)
         self.norm_act = nn.SiLU() if config.pre_norm_act else nn.Identity()
-        self.down = make_pool("avg", stride) if pool_first else nn.Identity()
+        self.down = make_pool(TIMM_OPTIONS["pool"], stride) if pool_first else nn.Identity()
         self.expand = ConvNormAct(in_chs, mid_chs, 1, act_layer=nn.SiLU)
         self.dw = DepthwiseConv(mid_chs, 3, 1 if pool_first else stride)
         self.se_early = config.se_early
@@ -240,24 +233,14 @@ class RwRelativeAttention(RelativeAttention):
     projection maps ``dim -> dim_out`` (timm's ``expand_first=False``; the paper computes q, k, v
     at the output width)."""
 
-    def __init__(self, dim: int, dim_out: int, head_dim: int, map_size: tuple[int, int]):
-        super().__init__(dim, dim, head_dim, map_size)
+    def __init__(self, dim: int, dim_out: int, head_dim: int, map_size: tuple[int, int], softmax: str = "pre"):
+        super().__init__(dim, dim, head_dim, map_size, softmax)
         self.proj = nn.Linear(dim, dim_out)
 
 
-class LayerScale2d(nn.Module):
-    """A learned scale per channel, ``x * gamma`` (Touvron et al. 2021, CaiT), starting at ``init``."""
-
-    def __init__(self, channels: int, init: float):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.full((channels,), init))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma.view(1, -1, 1, 1)
-
-
-class RwTransformerBlock(nn.Module):
-    """timm's rw Transformer block (``TransformerBlock2d``), pre-norm:
+class RwTransformerBlock(TransformerBlock):
+    """timm's rw Transformer block (``TransformerBlock2d``): the paper's
+    :class:`~coatlib.blocks.TransformerBlock` with timm's switches,
 
     ``x <- Proj(Pool(x)) + LS(Attention(Pool(Norm(x))))``   (Eq. 4, attention at the input width)
     ``x <- x + LS(FFN(Norm(x)))``
@@ -275,32 +258,30 @@ class RwTransformerBlock(nn.Module):
         stride: int = 1,
         drop_path: float = 0.0,
     ):
-        super().__init__()
-        norm: Layer = nn.BatchNorm2d if config.attn_norm == "batchnorm" else LayerNorm2d
-        scale = (lambda: LayerScale2d(out_dim, config.layer_scale)) if config.layer_scale else nn.Identity
-        self.shortcut = shortcut(in_dim, out_dim, stride, config.attn_shortcut_bias)
-        self.norm1 = norm(in_dim, eps=1e-6)
-        self.pool = make_pool("avg", stride) if stride != 1 else nn.Identity()
-        self.attn = RwRelativeAttention(in_dim, out_dim, config.head_dim, map_size)
-        self.ls1 = scale()
-        self.norm2 = norm(out_dim, eps=1e-6)
-        self.ffn = Mlp(out_dim, 4 * out_dim, channels_first=True)
-        self.ls2 = scale()
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H/s, W/s)
-        x = self.shortcut(x) + self.drop_path(self.ls1(self.attn(self.pool(self.norm1(x)))))
-        x = x + self.drop_path(self.ls2(self.ffn(self.norm2(x))))
-        return x
+        super().__init__(
+            in_dim,
+            out_dim,
+            map_size,
+            stride,
+            config.head_dim,
+            pool=TIMM_OPTIONS["pool"],
+            norm_eps=TIMM_OPTIONS["norm_eps"],
+            drop_path=drop_path,
+            norm_layer=NORMS[config.attn_norm],
+            shortcut_bias=config.attn_shortcut_bias,
+            attn_layer=RwRelativeAttention,
+            layer_scale=config.layer_scale,
+        )
 
 
-class RwCoAtNet(nn.Module):
+class RwCoAtNet(CoAtNetBase):
     """A timm rw CoAtNet: stem S0, stages S1..S4 (C-C-T-T) of :class:`RwMBConv` and
     :class:`RwTransformerBlock`, then a norm on the last map, global average pooling and a
-    linear classifier. ``model.stem``, ``model.stages[i].blocks`` and the relative-attention
-    modules are laid out as in the paper's :class:`~coatlib.models.coatnet.CoAtNet`.
+    linear classifier. ``model.plan``, ``model.stem``, ``model.stages[i].blocks`` and the
+    relative-attention modules are laid out as in the paper's :class:`~coatlib.models.coatnet.CoAtNet`.
     """
 
+    CONFIGS = RW_CONFIGS
     layout = "C-C-T-T"
 
     def __init__(
@@ -314,55 +295,27 @@ class RwCoAtNet(nn.Module):
         super().__init__()
         self.config, self.in_chans = config, in_chans
         self.image_size = check_coatnet_size(image_size, self.layout)
-        H, W = self.image_size
+        stem, *runs = self.plan
+
+        def block(run: StageSpec, in_width: int, stride: int, drop_path: float) -> nn.Module:
+            if run.kind == "C":
+                return RwMBConv(in_width, run.width, config, stride, drop_path)
+            return RwTransformerBlock(in_width, run.width, run.size, config, stride, drop_path)
+
         self.stem = nn.Sequential(  # S0: conv3x3 s2 + BN + SiLU, conv3x3
             ConvNormAct(in_chans, config.stem[0], 3, 2, act_layer=nn.SiLU),
-            nn.Conv2d(config.stem[0], config.stem[1], 3, 1, padding=1, bias=False),
+            nn.Conv2d(config.stem[0], stem.width, 3, 1, padding=1, bias=False),
         )
-        rates = iter(drop_path_rates(drop_path_rate, sum(config.depths)))
-        self.stages = nn.ModuleList()
-        c = config.stem[1]
-        for s, (depth, width) in enumerate(zip(config.depths, config.widths)):
-            size = (H // 2 ** (s + 2), W // 2 ** (s + 2))
-            blocks = []
-            for i in range(depth):
-                stride = 2 if i == 0 else 1
-                if s < 2:
-                    blocks.append(RwMBConv(c, width, config, stride, next(rates)))
-                else:
-                    num_heads_for(c, config.head_dim)
-                    blocks.append(RwTransformerBlock(c, width, size, config, stride, next(rates)))
-                c = width
-            self.stages.append(Stage(f"S{s + 1}", blocks))
-        self.num_features = c
-        self.norm = nn.BatchNorm2d(c, eps=1e-6) if config.attn_norm == "batchnorm" else LayerNorm2d(c, eps=1e-6)
-        self.head = nn.Linear(c, num_classes)
+        self.stages = build_stages(runs, block, drop_path_rate)
+        self.num_features = runs[-1].width
+        self.norm = NORMS[config.attn_norm](self.num_features, eps=TIMM_OPTIONS["norm_eps"])
+        self.head = nn.Linear(self.num_features, num_classes)
         init_weights(self)
         self.to(memory_format=torch.channels_last)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, C, H, W)`` -> the last feature map ``(B, D, H/32, W/32)``, before the head's norm."""
-        self._check_input(x)
-        x = self.stem(x.contiguous(memory_format=torch.channels_last))
-        for stage in self.stages:
-            x = stage(x)
-        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(self.forward_features(x))  # the norm acts on every position of the map
         return self.head(x.mean((2, 3)))  # global average pooling, then the classifier
-
-    # Shared with the paper's CoAtNet: the input check and resizing the bias tables for another image size.
-    _check_input = CoAtNet._check_input
-    set_image_size = CoAtNet.set_image_size
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """``nn.Module.load_state_dict``; with ``strict=True`` a state dict of another model is refused
-        with its missing and unexpected keys grouped by stage, as the paper's CoAtNet does."""
-        return load_by_stage(self, state_dict, strict, assign)
-
-    def config_name(self) -> str:
-        return next((f"{n!r}" for n, c in RW_CONFIGS.items() if c == self.config), repr(self.config))
 
 
 def _builder(name: str):

@@ -22,12 +22,9 @@ import torch.nn as nn
 
 from coatlib.blocks import MBConv, TransformerBlock
 from coatlib.checkpoints import DERIVED, as_state_dict, download_from_hub, load_renamed
-from coatlib.models.coatnet import CONFIGS, CoAtNet
+from coatlib.models.coatnet import CONFIGS, TIMM_OPTIONS, CoAtNet
 from coatlib.models.coatnet_rw import RW_CONFIGS, RwCoAtNet, RwMBConv, RwTransformerBlock
 
-# timm's choices for its paper configurations ``coatnet_N_224``, where coatlib's defaults follow the paper:
-# ``create_model("coatnet_0", **TIMM_OPTIONS)`` builds the model timm's ``coatnet_0_224`` state dict loads into.
-TIMM_OPTIONS = dict(downsample="dw", pool="avg", se_act="silu", norm_eps=1e-6)
 # Keys only timm's CoAtNets have (its stem's ``conv1``, its blocks' ``conv2_kxk`` and ``rel_pos``).
 TIMM_MARKERS = ("stem.conv1.", ".conv2_kxk.", ".rel_pos.")
 
@@ -37,10 +34,10 @@ def is_timm_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
     return any(m in k for k in state_dict for m in TIMM_MARKERS)
 
 
-# timm's CoAtNet (timm/models/maxxvit.py) -> coatlib, module by module. "{proj}" is the 1x1 conv of
-# the shortcut Proj(Pool(x)), after the pool when there is one.
+# timm's CoAtNet (timm/models/maxxvit.py) -> coatlib, module by module. "shortcut.proj" is the 1x1 conv
+# of the shortcut Proj(Pool(x)).
 TIMM_MBCONV = {
-    "shortcut.expand": "shortcut.{proj}",
+    "shortcut.expand": "shortcut.proj",
     "pre_norm": "norm",  # BN(x) ->
     "conv1_1x1": "expand.0",  # 1x1 conv (+ BN + act) ->
     "norm1": "expand.1",
@@ -51,7 +48,7 @@ TIMM_MBCONV = {
     "conv3_1x1": "project",  # 1x1 conv
 }
 TIMM_TRANSFORMER = {
-    "shortcut.expand": "shortcut.{proj}",
+    "shortcut.expand": "shortcut.proj",
     "norm1.norm": "norm1",  # in a down-sampling block timm's norm1 is LN then pool
     "norm1": "norm1",
     "attn": "attn",  # the relative bias table
@@ -71,7 +68,7 @@ TIMM_OUTSIDE_BLOCKS = {
 }
 # timm's rw CoAtNets (coatlib.models.coatnet_rw): the same stem names, their own blocks and head.
 TIMM_RW_MBCONV = {
-    "shortcut.expand": "shortcut.{proj}",
+    "shortcut.expand": "shortcut.proj",
     "pre_norm": "norm",  # BN (+ SiLU) ->
     "conv1_1x1": "expand.0",  # [pool ->] 1x1 conv + BN + SiLU ->
     "norm1": "expand.1",
@@ -162,7 +159,7 @@ def timm_mapping(model: nn.Module):
         table = tables.get(type(block), {})
         if module not in table:
             return key
-        return f"{prefix}.{table[module].format(proj=len(block.shortcut) - 1)}.{param}"
+        return f"{prefix}.{table[module]}.{param}"
 
     def convert(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if key.endswith("relative_bias_table") and value.ndim == 2:  # ((2H-1)(2W-1), heads) -> (heads, 2H-1, 2W-1)

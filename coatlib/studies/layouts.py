@@ -49,13 +49,12 @@ from torch.utils.data import Dataset, Subset
 import coatlib.data
 from coatlib.data.base import TensorImages
 from coatlib.flops import count_flops, count_params
-from coatlib.models.coatnet import CONFIGS, CoAtNet, CoAtNetConfig
+from coatlib.models.coatnet import CONFIGS, LAYOUTS, CoAtNet, CoAtNetConfig, stage_plan
 from coatlib.studies import stats
 from coatlib.studies.bag_of_features import bag_of_features
 from coatlib.studies.records import check_workers, hardware, pool, read_record, save
 from coatlib.train import evaluate, fit
 
-LAYOUTS = ("ViT-Rel", "C-C-C-C", "C-C-C-T", "C-C-T-T", "C-T-T-T")
 # The paper's section 2.2, in its notation: generalization on ImageNet-1K, capacity on JFT-300M.
 PAPER = {
     "generalization": "C-C-C-C ≈ C-C-C-T ≥ C-C-T-T > C-T-T-T ≫ ViT-Rel",
@@ -142,8 +141,8 @@ def matched_config(base: CoAtNetConfig, layout: str, image_size: int, num_classe
             return count_params(CoAtNet(config, num_classes=num_classes, image_size=image_size, layout=layout))
 
     target = params(base, "C-C-T-T")
-    last = 2 if layout == "ViT-Rel" else 3
-    step = 16 if layout.endswith("C") else base.head_dim
+    last = 2 if layout == "ViT-Rel" else 3  # the config width that the plan's last run takes
+    step = base.head_dim if stage_plan(base, layout, image_size)[-1].kind == "T" else 16
     widths = [
         tuple(w if i == last else width for i, width in enumerate(base.widths))
         for w in range(step, 4 * base.widths[last] + 1, step)

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 import coatlib.attention
 from coatlib.attention import resize_table
 from coatlib.blocks import TransformerBlock
-from coatlib.models.coatnet import CoAtNet
-from coatlib.teaching.exercises._solutions import bias_table_params
+from coatlib.models.coatnet import CONFIGS, CoAtNet, StageSpec, stage_plan
 from coatlib.teaching.exercises.checking import (
     Forbidden,
     Wrong,
@@ -32,8 +31,6 @@ def check_bias_params(fn: Callable) -> None:
     """``fn(config, image_size)``: the number of relative-bias parameters of a CoAtNet built from
     ``config`` (a ``CoAtNetConfig``: ``depths``, ``widths``, ``head_dim``) for square images of
     ``image_size`` pixels."""
-    from coatlib.models.coatnet import CONFIGS
-
     for name, size in [
         ("coatnet_0", 224),
         ("coatnet_0", 384),
@@ -42,26 +39,32 @@ def check_bias_params(fn: Callable) -> None:
         ("coatnet_pico", 64),
     ]:
         config = CONFIGS[name]
-        want = bias_table_params(config, size)
-        s3, s4 = size // 16, size // 32
-        d3, d4 = config.depths[2:]
-        h3, h4 = (w // config.head_dim for w in config.widths[2:])
+        runs = [run for run in stage_plan(config, "C-C-T-T", size) if run.kind == "T"]  # S3 and S4
+
+        def total(per_block: Callable[[StageSpec, int, int], int], runs: list[StageSpec] = runs) -> int:
+            """The sum over the Transformer runs of ``per_block(run, H, W)`` times the run's blocks."""
+            return sum(run.blocks * per_block(run, *run.size) for run in runs)
+
+        want = total(lambda run, h, w: run.heads * (2 * h - 1) * (2 * w - 1))
         hints = [
             (
-                d3 * (config.widths[2] // 32) * (2 * s3 - 1) ** 2 + d4 * (config.widths[3] // 32) * (2 * s4 - 1) ** 2,
+                total(lambda run, h, w: run.width // 32 * (2 * h - 1) * (2 * w - 1)),
                 "the number of heads is width / config.head_dim; not every configuration has heads of 32.",
             ),
             (
-                d3 * h3 * s3 * s3 + d4 * h4 * s4 * s4,
+                total(lambda run, h, w: run.heads * h * w),
                 "one entry per offset: an H x W map has (2H-1) x (2W-1) offsets, not H x W.",
             ),
             (
-                h3 * (2 * s3 - 1) ** 2 + h4 * (2 * s4 - 1) ** 2,
+                sum(run.heads * (2 * run.size[0] - 1) * (2 * run.size[1] - 1) for run in runs),
                 "every block of a stage has its own tables: multiply by the depth.",
             ),
-            (d3 * h3 * (2 * s3 - 1) ** 2, "S4's Transformer blocks have bias tables too."),
             (
-                d3 * h3 * (2 * s3 + 1) ** 2 + d4 * h4 * (2 * s4 + 1) ** 2,
+                total(lambda run, h, w: run.heads * (2 * h - 1) * (2 * w - 1), runs[:1]),
+                "S4's Transformer blocks have bias tables too.",
+            ),
+            (
+                total(lambda run, h, w: run.heads * (2 * h + 1) * (2 * w + 1)),
                 "offsets run from -(H-1) to H-1: 2H - 1 of them.",
             ),
         ]
