@@ -404,9 +404,17 @@ def relative_attention_diagram(config="coatnet_0", stage: int = 3, image_size: i
         _arrow(ax, qkv, logits)
         _arrow(ax, table_box, bias, colour="#238b45")
         if form == "pre":
-            order = [("+", "sum"), (f"softmax over\nthe {n} keys", "attention"), (f"weights x v\n{heads} x {n} x {d}", "attention")]
+            order = [
+                ("+", "sum"),
+                (f"softmax over\nthe {n} keys", "attention"),
+                (f"weights x v\n{heads} x {n} x {d}", "attention"),
+            ]
         else:
-            order = [(f"softmax over\nthe {n} keys", "attention"), ("+", "sum"), (f"weights x v\n{heads} x {n} x {d}", "attention")]
+            order = [
+                (f"softmax over\nthe {n} keys", "attention"),
+                ("+", "sum"),
+                (f"weights x v\n{heads} x {n} x {d}", "attention"),
+            ]
         y, previous = -2.0, logits
         for i, (text, kind) in enumerate(order):
             y -= 1.0
