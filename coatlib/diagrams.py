@@ -365,7 +365,9 @@ def relative_attention_diagram(config="coatnet_0", stage: int = 3, image_size: i
 
     The sizes are those of one relative-attention layer of stage ``stage`` of ``config`` at
     ``image_size``: N tokens on an H x W map, ``heads`` heads of size ``head_dim``, and one bias
-    table of (2H-1) x (2W-1) scalars per head, gathered into an N x N bias by the relative index."""
+    table of (2H-1) x (2W-1) scalars per head, gathered into an N x N bias by the relative index.
+
+    Drawn for the book's column: two panels side by side, 7.5 in wide, text of 10 pt."""
     config, _, width, size = _block_widths(config, stage, False, image_size)
     if stage < 3:
         raise ValueError("relative attention runs in S3 and S4")
@@ -373,54 +375,58 @@ def relative_attention_diagram(config="coatnet_0", stage: int = 3, image_size: i
     table = f"{heads} x {2 * size - 1} x {2 * size - 1}"
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12.5, 6.4), dpi=DPI, layout="constrained")
+    fs = 10
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 5.6), dpi=150, layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.0)
     for ax, form in zip(axes, ("pre", "post")):
-        ax.set_xlim(-3.4, 4.6)
-        ax.set_ylim(-7.6, 0.8)
+        ax.set_xlim(-1.45, 1.75)
+        ax.set_ylim(-6.45, 0.45)
         ax.axis("off")
         g = f"{form}-"
-        x = _box(ax, 0, 0, f"x: {n} tokens x {width}\n({size} x {size} map)", "input", g + "input")
-        qkv = _box(ax, 0, -1, f"q, k, v = Linear(x)\n{heads} heads x {d}", "attention", g + "qkv")
-        logits = _box(ax, 0, -2, f"logits q k^T / sqrt({d})\n{heads} x {n} x {n}", "attention", g + "logits")
-        table_box = _box(ax, 3.3, -0.4, f"bias table\n{table}\n(one scalar per offset)", "position", g + "table")
-        bias = _box(ax, 3.3, -1.9, f"bias[i, j] =\ntable[index(i - j)]\n{heads} x {n} x {n}", "position", g + "bias")
+        x = _box(ax, -0.45, 0, f"x: {n} tokens\nx {width} ({size} x {size})", "input", g + "input", fs)
+        qkv = _box(ax, -0.45, -1, f"q, k, v = Linear(x)\n{heads} heads x {d}", "attention", g + "qkv", fs)
+        logits = _box(ax, -0.45, -2, f"q k^T / sqrt({d})\n{heads} x {n} x {n}", "attention", g + "logits", fs)
+        table_box = _box(ax, 1.05, -0.5, f"bias table\n{table}", "position", g + "table", fs)
+        bias = _box(ax, 1.05, -2.0, f"bias =\ntable[index]\n{heads} x {n} x {n}", "position", g + "bias", fs)
         _arrow(ax, x, qkv)
         _arrow(ax, qkv, logits)
         _arrow(ax, table_box, bias, colour="#238b45")
         if form == "pre":
             order = [
                 ("+", "sum"),
-                (f"softmax over the {n} keys", "attention"),
+                (f"softmax over\nthe {n} keys", "attention"),
                 (f"weights x v\n{heads} x {n} x {d}", "attention"),
             ]
         else:
             order = [
-                (f"softmax over the {n} keys", "attention"),
+                (f"softmax over\nthe {n} keys", "attention"),
                 ("+", "sum"),
                 (f"weights x v\n{heads} x {n} x {d}", "attention"),
             ]
-        y, previous = -2, logits
+        y, previous = -2.0, logits
         for i, (text, kind) in enumerate(order):
-            y -= 1.1
+            y -= 1.0
             if kind == "sum":
-                box = _sum(ax, 0, y, g + "sum")
+                box = _sum(ax, -0.45, y, g + "sum")
                 _arrow(ax, bias, box, colour="#238b45")
             else:
-                box = _box(ax, 0, y, text, kind, g + f"step-{i}")
+                box = _box(ax, -0.45, y, text, kind, g + f"step-{i}", fs)
             _arrow(ax, previous, box)
             previous = box
-        y -= 1.1
-        _arrow(ax, previous, _box(ax, 0, y, f"concatenate heads, Linear {width} -> {width}", "mlp", g + "proj"))
+        y -= 1.0
+        _arrow(ax, previous, _box(ax, -0.45, y, f"concat heads,\nLinear {width} -> {width}", "mlp", g + "proj", fs))
         where = (
-            "pre-softmax (CoAtNet): softmax(q k^T/sqrt(d) + bias)\nweights stay a normalised average"
+            "pre-softmax (CoAtNet)\nsoftmax(q k^T/sqrt(d) + bias)"
             if form == "pre"
-            else "post-softmax: softmax(q k^T/sqrt(d)) + bias\nattention plus a static kernel"
+            else "post-softmax\nsoftmax(q k^T/sqrt(d)) + bias"
         )
-        ax.set_title(where, fontsize=10)
-    _legend(axes[1], ["attention", "position", "mlp", "input"], loc="lower right")
-    fig.suptitle(
-        f"Relative attention in S{stage} of this configuration at {image_size} x {image_size} (Eq. 3)", fontsize=11
-    )
+        ax.set_title(where, fontsize=11)
+    # the legend of _legend, at the book's text size, below both panels
+    _legend(axes[1], ["attention", "position", "mlp", "input"])
+    legend = axes[1].get_legend()
+    handles, labels = legend.legend_handles, [t.get_text() for t in legend.get_texts()]
+    legend.remove()
+    fig.legend(handles, labels, loc="outside lower center", fontsize=fs, ncols=2, frameon=False)
     return fig
 
 

@@ -84,6 +84,8 @@ def test_committed_result_has_three_seeds_per_variant():
     assert not (ROOT / "results" / "chapter3_bias_20_epochs.json").exists()  # replaced by the artefact
 
 
-@pytest.mark.parametrize("path", ["README.md", "notebooks/03_relative_attention.ipynb"])
+@pytest.mark.parametrize(
+    "path", ["README.md", "notebooks/03_relative_attention.ipynb", "notebooks/03_2_bias_experiment.ipynb"]
+)
 def test_no_reference_to_the_old_single_seed_file(path):
     assert "chapter3_bias_20_epochs" not in (ROOT / path).read_text(encoding="utf-8")
