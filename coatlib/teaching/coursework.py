@@ -242,6 +242,7 @@ TIMEOUTS = {
     "02_self_attention": 120,  # 18 s
     "03_relative_attention": 120,  # 21 s
     "04_vertical_layouts": 120,  # 29 s
+    "04_2_layout_study": 120,  # split off chapter 4: reads the shipped study record
     "05_coatnet": 180,  # 52 s
     "05b_trained_coatnet": 120,  # 16 s (offline: the cells that need the weights skip)
     "05c_inside_coatnet": 120,  # 18 s
