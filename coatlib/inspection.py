@@ -278,7 +278,9 @@ def plot_attention(
     H, W = maps.shape[1:]
     extent = (-0.5, W - 0.5, H - 0.5, -0.5)  # map positions at integer coordinates
     side = min(2.2, 7.3 / len(heads))  # the figure fits the book's column (7.5 in)
-    fig, axes = plt.subplots(1, len(heads), figsize=(side * len(heads), side + 0.6), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(heads), figsize=(side * len(heads), side + 0.6), squeeze=False, layout="constrained"
+    )
     for head, ax in zip(heads, axes[0]):
         if picture is not None:
             ax.imshow(torch.as_tensor(picture).numpy(), extent=extent)
