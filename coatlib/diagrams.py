@@ -239,13 +239,13 @@ def mbconv_diagram(config, stage: int = 1, downsample: bool = True, image_size: 
     s_dw = ", stride 2" if downsample and stride_on == "dw" else ""
     main = [
         ("BatchNorm (pre-norm)", "norm"),
-        (f"Conv 1x1{s_exp}: {cin} -> {mid}\nBatchNorm, GELU", "conv"),
-        (f"DepthConv 3x3{s_dw}: {mid}\nBatchNorm, GELU", "conv"),
+        (f"Conv 1x1{s_exp}: {cin} -> {mid}\nBatchNorm, GELU", "conv", bool(s_exp)),
+        (f"DepthConv 3x3{s_dw}: {mid}\nBatchNorm, GELU", "conv", bool(s_dw)),
         (f"Squeeze-excitation\navg pool, {mid} -> {se} -> {mid}, sigmoid", "conv"),
         (f"Conv 1x1: {mid} -> {cout}", "conv"),
     ]
     shortcut = (
-        [("MaxPool 2x2, stride 2", "norm"), (f"Proj: Conv 1x1, {cin} -> {cout}", "conv")]
+        [("MaxPool 2x2, stride 2", "norm", True), (f"Proj: Conv 1x1, {cin} -> {cout}", "conv", True)]
         if downsample
         else [("identity", "norm")]
     )
@@ -283,7 +283,7 @@ def transformer_diagram(config, stage: int = 3, downsample: bool = True, image_s
     table = f"{heads} x {2 * size - 1} x {2 * size - 1}"
     attention = (
         [("LayerNorm", "norm")]
-        + ([("MaxPool 2x2, stride 2", "norm")] if downsample else [])
+        + ([("MaxPool 2x2, stride 2", "norm", True)] if downsample else [])
         + [
             (
                 f"Relative attention (Eq. 3, pre-softmax)\n{heads} heads x {config.head_dim}, on {size} x {size}\n"
@@ -293,7 +293,7 @@ def transformer_diagram(config, stage: int = 3, downsample: bool = True, image_s
         ]
     )
     shortcut = (
-        [("MaxPool 2x2, stride 2", "norm"), (f"Proj: Linear {cin} -> {cout}", "mlp")]
+        [("MaxPool 2x2, stride 2", "norm", True), (f"Proj: Linear {cin} -> {cout}", "mlp", True)]
         if downsample
         else [("identity", "norm")]
     )
@@ -315,45 +315,75 @@ def transformer_diagram(config, stage: int = 3, downsample: bool = True, image_s
     )
 
 
+FIRST_BLOCK_EDGE = "#D55E00"  # the edge of the boxes only a stage's first (down-sampling) block has
+
+
 def _residual_figure(top, main, shortcut, bottom, title, kinds, second=None):
-    """Pre-norm residual block(s) drawn top to bottom: the branch on the left, the shortcut on the right."""
+    """Pre-norm residual block(s) drawn top to bottom: the branch on the left, the shortcut on the right.
+
+    Each step is ``(text, kind)`` or ``(text, kind, True)``: a step only a stage's first block has
+    (a stride, a pooling, the projection) gets a thick dashed edge and a legend entry, so that one
+    diagram shows both blocks of a stage."""
+    from matplotlib.patches import Patch
+
     steps = len(main) + 2 + (len(second) + 1 if second else 0)
-    fig, ax = _new((7.6, 0.95 * steps + 1.2), (-3.2, 6.4), (-steps - 0.6, 1.0))
-    first = previous = _box(ax, 0, 0, top, "input", "input")
+    fig, ax = _new((7.5, 0.95 * steps + 1.3), (-3.4, 6.6), (-steps - 0.6, 1.0))
+    font = 10  # the book's smallest text
+
+    def box(x, y, step, gid):
+        text, kind, *first_only = step
+        artist = _box(ax, x, y, text, kind, gid, fontsize=font)
+        if first_only and first_only[0]:
+            artist.get_bbox_patch().set(edgecolor=FIRST_BLOCK_EDGE, linewidth=2.4, linestyle="--")
+        return artist
+
+    first = previous = _box(ax, 0, 0, top, "input", "input", fontsize=font)
     y = 0
-    for i, (text, kind) in enumerate(main):
+    for i, step in enumerate(main):
         y -= 1
-        box = _box(ax, 0, y, text, kind, f"main-{i}")
-        _arrow(ax, previous, box)
-        previous = box
+        here = box(0, y, step, f"main-{i}")
+        _arrow(ax, previous, here)
+        previous = here
     # the shortcut, beside the branch
     ys = np.linspace(-1, y, len(shortcut)) if len(shortcut) > 1 else [(y - 1) / 2]
     prev_s = first
-    for i, ((text, kind), ys_i) in enumerate(zip(shortcut, ys)):
-        box = _box(ax, 3.9, ys_i, text, kind, f"shortcut-{i}")
-        _arrow(ax, prev_s, box)
-        prev_s = box
+    for i, (step, ys_i) in enumerate(zip(shortcut, ys)):
+        here = box(4.0, ys_i, step, f"shortcut-{i}")
+        _arrow(ax, prev_s, here)
+        prev_s = here
     y -= 1
     total = _sum(ax, 0, y, "sum-0")
     _arrow(ax, previous, total)
     _arrow(ax, prev_s, total)
     previous = total
     if second:
-        for i, (text, kind) in enumerate(second):
+        for i, step in enumerate(second):
             y -= 1
-            box = _box(ax, 0, y, text, kind, f"second-{i}")
-            _arrow(ax, previous, box)
-            previous = box
+            here = box(0, y, step, f"second-{i}")
+            _arrow(ax, previous, here)
+            previous = here
         y -= 1
         total2 = _sum(ax, 0, y, "sum-1")
         _arrow(ax, previous, total2)
         _arrow(ax, total, total2, connectionstyle="arc,angleA=0,angleB=0,armA=150,armB=150,rad=0")
-        ax.text(1.8, (y + total.get_position()[1]) / 2, "identity", fontsize=8, color="#555555", va="center")
+        ax.text(1.8, (y + total.get_position()[1]) / 2, "identity", fontsize=font, color="#555555", va="center")
         previous = total2
     y -= 1
-    _arrow(ax, previous, _box(ax, 0, y, bottom, "input", "output"))
-    ax.set_title(title, fontsize=10)
-    _legend(ax, kinds, loc="lower right")
+    _arrow(ax, previous, _box(ax, 0, y, bottom, "input", "output", fontsize=font))
+    ax.set_title(title, fontsize=11)
+    names = {"conv": "convolution", "norm": "norm / pooling", "attention": "attention", "mlp": "linear / MLP"}
+    handles = [Patch(facecolor=COLOURS[k], edgecolor="#444444", label=names[k]) for k in kinds]
+    if any(len(step) > 2 and step[2] for step in main + shortcut):
+        handles.append(
+            Patch(
+                facecolor="white",
+                edgecolor=FIRST_BLOCK_EDGE,
+                linewidth=2.4,
+                linestyle="--",
+                label="first block of a stage only\n(the others: stride 1, identity)",
+            )
+        )
+    ax.legend(handles=handles, loc="lower right", fontsize=font, frameon=False)
     return fig
 
 

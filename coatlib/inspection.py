@@ -224,36 +224,44 @@ def attention_distance_ratios(model: nn.Module, images: torch.Tensor, batch_size
 def plot_bias_tables(
     tables: list[torch.Tensor], title: str = "", columns: int = 12, labels: list[str] | None = None
 ) -> plt.Figure:
-    """Every head of every block as a 2-D map over the offset ``(dy, dx)``: one row of up to
-    ``columns`` heads per block (wrapped), one colour scale centred on zero. ``labels`` names the
-    tables (default ``block 0``, ``block 1`` ...), e.g. to put a stage before and after training in
-    one figure. (In timm's rw models the first block of a stage has half the heads of the others.)"""
+    """Every head of every block as a 2-D map over the offset ``(dy, dx)``: one panel of the figure per
+    block, titled by its label, with rows of up to ``columns`` heads (each map titled by its head's
+    number), and one colour scale centred on zero for all of them. ``labels`` names the tables (default
+    ``block 0``, ``block 1`` ...), e.g. to put a stage before and after training in one figure. The
+    figure fits the book's column (7.5 in) whatever the number of heads. (In timm's rw models the first
+    block of a stage has half the heads of the others.)"""
     labels = labels or [f"block {b}" for b in range(len(tables))]
-    most = max(t.shape[0] for t in tables)
-    per_row = min(columns, most)
-    rows_per_block = -(-most // per_row)
-    rows = rows_per_block * len(tables)
-    fig, axes = plt.subplots(
-        rows, per_row, figsize=(1.1 * per_row, 1.1 * rows + 0.6), squeeze=False, layout="constrained"
-    )
+    per_row = min(columns, max(t.shape[0] for t in tables))
+    rows = [-(-t.shape[0] // per_row) for t in tables]  # rows of maps per block
+    cell = min(1.1, 6.4 / per_row)  # inches per map: at most 7.5 in with the colour bar
+    heights = [r * (cell + 0.25) + 0.35 for r in rows]
+    fig = plt.figure(figsize=(cell * per_row + 1.1, sum(heights) + (0.4 if title else 0.1)), layout="constrained")
+    maps_side, bar_side = fig.subfigures(1, 2, width_ratios=[cell * per_row, 1.1])
+    panels = maps_side.subfigures(len(tables), 1, height_ratios=heights, squeeze=False)[:, 0]
     limit = max(t.abs().max().item() for t in tables) or 1.0
     h, w = tables[0].shape[1:]
     extent = (-(w // 2) - 0.5, w // 2 + 0.5, h // 2 + 0.5, -(h // 2) - 0.5)  # dx to the right, dy down
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_frame_on(False)
-    for b, table in enumerate(tables):
+    for panel, label, table, n_rows in zip(panels, labels, tables, rows):
+        panel.suptitle(label, fontsize=10, x=0.01, ha="left")
+        axes = panel.subplots(n_rows, per_row, squeeze=False)
+        for ax in axes.flat[table.shape[0] :]:  # no map here
+            ax.remove()
         for head in range(table.shape[0]):
-            ax = axes[b * rows_per_block + head // per_row, head % per_row]
+            ax = axes.flat[head]
             image = ax.imshow(table[head].numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, extent=extent)
-            ax.set_title(f"{labels[b]}, head {head}", fontsize=6)
-    for ax in axes[-1]:
-        ax.set_xlabel("dx", fontsize=7)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("dy", fontsize=7)
-    fig.colorbar(image, ax=axes, shrink=0.6, label="bias w[dy, dx]")
-    fig.suptitle(title)
+            ax.set_title(f"head {head}" if head == 0 else str(head), fontsize=10)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_frame_on(False)
+            if head + per_row >= table.shape[0]:  # nothing below it
+                ax.set_xlabel("dx", fontsize=10)
+            if head % per_row == 0:
+                ax.set_ylabel("dy", fontsize=10)
+    # one colour bar for the whole figure: every map shares its scale
+    bar = bar_side.add_axes((0.15, 0.15, 0.18, 0.7))
+    bar_side.colorbar(image, cax=bar, label="bias w[dy, dx]")
+    if title:
+        fig.suptitle(title, fontsize=11)
     return fig
 
 
@@ -269,13 +277,16 @@ def plot_attention(
     heads = list(range(maps.shape[0])) if heads is None else list(heads)
     H, W = maps.shape[1:]
     extent = (-0.5, W - 0.5, H - 0.5, -0.5)  # map positions at integer coordinates
-    fig, axes = plt.subplots(1, len(heads), figsize=(2.2 * len(heads), 2.6), squeeze=False, layout="constrained")
+    side = min(2.2, 7.3 / len(heads))  # the figure fits the book's column (7.5 in)
+    fig, axes = plt.subplots(
+        1, len(heads), figsize=(side * len(heads), side + 0.6), squeeze=False, layout="constrained"
+    )
     for head, ax in zip(heads, axes[0]):
         if picture is not None:
             ax.imshow(torch.as_tensor(picture).numpy(), extent=extent)
         ax.imshow(maps[head].numpy(), cmap="magma", alpha=0.7 if picture is not None else 1.0, extent=extent)
         ax.plot(query[1], query[0], "c+", markersize=12, markeredgewidth=2)
-        ax.set_title(f"head {head}", fontsize=8)
+        ax.set_title(f"head {head}", fontsize=10)
         ax.set_xlabel("column")
         ax.set_ylabel("row")
     fig.suptitle(title)

@@ -182,7 +182,9 @@ def test_attention_locality_without_content_is_the_bias_locality(model):
 def test_plots_take_labels(model):
     tables = bias_tables(model, 3)
     fig = plot_bias_tables(tables, labels=[f"trained {b}" for b in range(len(tables))])
-    assert fig.axes[0].get_title() == "trained 0, head 0"
+    panels = fig.subfigs[0].subfigs  # one panel per block, left of the colour bar
+    assert [panel.get_suptitle() for panel in panels] == [f"trained {b}" for b in range(len(tables))]
+    assert fig.axes[0].get_title() == "head 0"
     fig = plot_depthwise_kernels(depthwise_kernels(model, 2)[:1], channels=2, labels=["S2"])
     assert fig.axes[0].get_title() == "S2, mean |w|"
     plt.close("all")

@@ -158,7 +158,8 @@ def test_plot_layout_study_draws_means_with_95_percent_intervals():
     segments = cctt.lines[2][0].get_segments()
     assert [seg[1][1] - seg[0][1] for seg in segments] == pytest.approx([2 * 4.303 * 0.1 / 3**0.5] * 2, rel=1e-3)
     assert acc_ax.get_xscale() == "log" and fit_ax.xaxis_inverted()
-    assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == ["C-C-C-C", "C-C-T-T"]
+    (legend,) = fig.legends  # one legend for both panels
+    assert [t.get_text() for t in legend.get_texts()] == ["C-C-C-C", "C-C-T-T"]
     colours = {to_hex(c.lines[0].get_color()) for c in acc_ax.containers}
     markers = {c.lines[0].get_marker() for c in acc_ax.containers}
     assert len(colours) == 2 and len(markers) == 2  # told apart by colour and by marker

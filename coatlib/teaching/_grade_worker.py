@@ -38,7 +38,14 @@ def snapshot() -> dict[tuple[str, str], int]:
 def changes(before: dict, after: dict) -> list[str]:
     """What a submission replaced or deleted (or added to the checks' own modules)."""
     changed = [f"{m}.{k}" for (m, k), v in before.items() if after.get((m, k)) != v]
-    added = [f"{m}.{k}" for (m, k) in after.keys() - before.keys() if m.startswith("coatlib.teaching")]
+    # a module imported only now (e.g. coatlib.teaching.display, for a chapter's tables) is not a change:
+    # neither its own names nor its entry in its package
+    new_modules = {m for m, _ in after} - {m for m, _ in before}
+    added = [
+        f"{m}.{k}"
+        for (m, k) in after.keys() - before.keys()
+        if m.startswith("coatlib.teaching") and m not in new_modules and f"{m}.{k}" not in new_modules
+    ]
     return sorted(changed + added)
 
 

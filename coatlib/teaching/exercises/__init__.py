@@ -138,6 +138,8 @@ EXERCISES: dict[str, list[Exercise]] = {
     "05_coatnet": [
         Exercise("ex-bias-table-size", "bias_params", "check_bias_params"),
         Exercise("ex-transformer-params", "transformer_params", "check_transformer_params"),
+    ],
+    "05_2_family": [
         Exercise("ex-resize-table", "resize_table", "check_resize_table"),
     ],
     "05b_trained_coatnet": [
