@@ -155,6 +155,8 @@ EXERCISES: dict[str, list[Exercise]] = {
     "07_scaling_up": [
         Exercise("ex-channels-last-strides", "channels_last_strides", "check_channels_last_strides"),
         Exercise("ex-round-bf16", "round_to_bf16", "check_round_to_bf16"),
+    ],
+    "07_2_many_processes": [
         Exercise("ex-shard-indices", "shard_indices", "check_shard_indices"),
         Exercise("ex-ddp-gradient", "ddp_gradient", "check_ddp_gradient"),
         Exercise("ex-fsdp-state", "fsdp_state_bytes", "check_fsdp_state_bytes"),
