@@ -145,6 +145,8 @@ EXERCISES: dict[str, list[Exercise]] = {
     ],
     "05c_inside_coatnet": [
         Exercise("ex-inside-flat-locality", "flat_locality", "check_flat_locality"),
+    ],
+    "05c_2_heads_and_fields": [
         Exercise("ex-inside-gaussian", "gaussian_table", "check_gaussian_table"),
         Exercise("ex-inside-centre-gradient", "centre_gradient", "check_centre_gradient"),
     ],
