@@ -498,18 +498,18 @@ def swin_windows_figure(height: int = 8, width: int = 8, window: int = 4, shift:
     n_shifted = len(np.unique(labels["shifted"]))
     n_rolled = len(np.unique(labels["rolled"]))
     titles = {
-        "regular": f"W-MSA: {n_regular} regular windows",
-        "shifted": f"grid shifted by {shift}: {n_shifted} unequal pieces",
-        "rolled": f"map rolled by {shift}: {n_rolled} regions in {n_regular} windows",
+        "regular": f"W-MSA:\n{n_regular} regular windows",
+        "shifted": f"grid shifted by {shift}:\n{n_shifted} unequal pieces",
+        "rolled": f"map rolled by {shift}:\n{n_rolled} regions in {n_regular} windows",
     }
     light = plt.get_cmap("tab20").colors[1::2] + plt.get_cmap("Pastel2").colors  # light: the numbers stay legible
     palette = ListedColormap(light[: max(n_shifted, n_rolled, n_regular)])
-    fig, axes = plt.subplots(1, 3, figsize=(12.5, 4.4), dpi=DPI, layout="constrained")
+    fig, axes = plt.subplots(1, 3, figsize=(7.5, 3.2), dpi=150, layout="constrained")  # the book's column
     for ax, (key, values) in zip(axes, labels.items()):
         ax.imshow(values, cmap=palette, vmin=-0.5, vmax=palette.N - 0.5)  # colour = label, nothing else
         for r in range(height):
             for c in range(width):
-                ax.text(c, r, int(values[r, c]), ha="center", va="center", fontsize=9)
+                ax.text(c, r, int(values[r, c]), ha="center", va="center", fontsize=10)
         borders = (
             range(shift, max(height, width), window) if key == "shifted" else range(window, max(height, width), window)
         )

@@ -147,6 +147,8 @@ EXERCISES: dict[str, list[Exercise]] = {
     ],
     "05c_inside_coatnet": [
         Exercise("ex-inside-flat-locality", "flat_locality", "check_flat_locality"),
+    ],
+    "05c_2_heads_and_fields": [
         Exercise("ex-inside-gaussian", "gaussian_table", "check_gaussian_table"),
         Exercise("ex-inside-centre-gradient", "centre_gradient", "check_centre_gradient"),
     ],
@@ -157,6 +159,8 @@ EXERCISES: dict[str, list[Exercise]] = {
     "07_scaling_up": [
         Exercise("ex-channels-last-strides", "channels_last_strides", "check_channels_last_strides"),
         Exercise("ex-round-bf16", "round_to_bf16", "check_round_to_bf16"),
+    ],
+    "07_2_many_processes": [
         Exercise("ex-shard-indices", "shard_indices", "check_shard_indices"),
         Exercise("ex-ddp-gradient", "ddp_gradient", "check_ddp_gradient"),
         Exercise("ex-fsdp-state", "fsdp_state_bytes", "check_fsdp_state_bytes"),
