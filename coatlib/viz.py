@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import torch.nn as nn
-from cycler import cycler
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
@@ -255,7 +254,7 @@ BOOK_STYLE = {
     "ytick.labelsize": 10,
     "legend.fontsize": 10,
     "lines.markersize": 5,
-    "axes.prop_cycle": cycler(color=PALETTE, marker=MARKERS),
+    "axes.prop_cycle": plt.cycler(color=PALETTE, marker=MARKERS),
 }
 
 

@@ -61,7 +61,7 @@ TIMEOUTS = {
     "05_2_family": 180,  # split off chapter 5: trains coatnet_pico for 8 epochs
     "05b_trained_coatnet": 120,  # 16 s (offline: the cells that need the weights skip)
     "05c_inside_coatnet": 120,  # 18 s, before it was split in two
-    "05c_2_heads_and_fields": 120,
+    "05c_2_heads_and_fields": 120,  # 12-27 s
     "06_family_tree": 150,  # 42 s
     "07_scaling_up": 300,  # the single-process half of the 112 s chapter
     "07_2_many_processes": 600,  # the half that trains in two processes
