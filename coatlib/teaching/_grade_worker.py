@@ -60,6 +60,7 @@ def grade(source: list[str], exercises: list[list[str]]) -> list[list]:
     for _, _, check in exercises:  # import what the checks import, before the snapshot
         checks[check](_stub, verbose=False)
     import coatlib.teaching.display  # noqa: F401  (the chapters' import cells take Table from it)
+
     before = snapshot()
     namespace: dict = {"__name__": "__main__"}
     problem, failures = None, []
