@@ -1,4 +1,4 @@
-"""coatlib.diagrams: the block diagrams say what the configuration says."""
+"""coatlib.viz.diagrams: the block diagrams say what the configuration says."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ import torch.nn as nn  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 import coatlib  # noqa: E402
-from coatlib import diagrams  # noqa: E402
 from coatlib.blocks import TransformerBlock  # noqa: E402
 from coatlib.models.coatnet import BLOCK_NAMES, CONFIGS  # noqa: E402
-from coatlib.viz import stage_table  # noqa: E402
+from coatlib.viz import (
+    diagrams,  # noqa: E402
+    stage_table,  # noqa: E402
+)
 
 
 @pytest.fixture(autouse=True)

@@ -493,7 +493,7 @@ def test_memory_planner_says_a_model_without_blocks_cannot_be_sharded_or_checkpo
 
 def test_experiments_refuse_workers_0_before_anything(tmp_path, capsys):
     """--workers 0 was a ZeroDivisionError."""
-    from coatlib.studies import inside, layouts
+    from coatlib.studies import inside, layouts_run
     from coatlib.studies.command import main
 
     for command in ("inside", "layouts"):
@@ -503,7 +503,7 @@ def test_experiments_refuse_workers_0_before_anything(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"workers \(--workers\) must be an int >= 1"):
         inside.inside(tmp_path / "inside", quick=True, workers=0)
     with pytest.raises(ValueError, match=r"workers \(--workers\) must be an int >= 1"):
-        layouts.layout_study("quick", tmp_path / "layouts", workers=0)
+        layouts_run.layout_study("quick", tmp_path / "layouts", workers=0)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -531,13 +531,13 @@ def test_a_corrupted_results_file_is_reported_with_its_name(tmp_path):
 
 def test_experiment_commands_write_under_the_current_folder_never_into_the_package(tmp_path, monkeypatch):
     """`studies inside --quick` once wrote into coatlib/artefacts/inside_coatnet/, its default --out."""
-    from coatlib.studies import inside, layouts
+    from coatlib.studies import inside, layouts_run
     from coatlib.studies.command import main
     from coatlib.studies.records import PACKAGE
 
     seen = []
     monkeypatch.setattr(inside, "inside", lambda out, **kwargs: seen.append(out) or {})
-    monkeypatch.setattr(layouts, "layout_study", lambda preset, out, **kwargs: seen.append(out) or {})
+    monkeypatch.setattr(layouts_run, "layout_study", lambda preset, out, **kwargs: seen.append(out) or {})
     monkeypatch.chdir(tmp_path)
     main(["inside", "--quick", "--quiet"])
     main(["layouts", "--quick", "--quiet"])

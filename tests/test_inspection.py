@@ -21,13 +21,15 @@ from coatlib.inspection import (  # noqa: E402
     depthwise_kernels,
     effective_receptive_field,
     erf_size,
+    stage_output,
+)
+from coatlib.models.coatnet import LAYOUTS  # noqa: E402
+from coatlib.viz import (  # noqa: E402
     plot_attention,
     plot_bias_tables,
     plot_depthwise_kernels,
     plot_receptive_fields,
-    stage_output,
 )
-from coatlib.models.coatnet import LAYOUTS  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["coatnet_nano_rw", "coatnet_pico"])

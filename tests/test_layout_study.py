@@ -1,4 +1,4 @@
-"""coatlib.studies.layouts: the layout study's runner, its pilots and gate, and how it reads its record."""
+"""coatlib.studies.layouts and layouts_run: the study's runner, its pilots and gate, and its record."""
 
 import json
 import math
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import coatlib.studies.layouts as layouts
+import coatlib.studies.layouts_run as layouts_run
 from coatlib.flops import count_params
 from coatlib.studies.command import main
 from coatlib.studies.layouts import (
@@ -15,14 +16,12 @@ from coatlib.studies.layouts import (
     FULL,
     LAYOUTS,
     QUICK,
-    chosen_lrs,
-    gate,
-    layout_study,
     study_model,
     study_models,
     study_table,
     study_verdicts,
 )
+from coatlib.studies.layouts_run import chosen_lrs, gate, layout_study
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +66,8 @@ def test_quick_study_runs_every_stage_and_records_it(quick):
 
 def test_restarted_study_trains_nothing_again(quick, monkeypatch):
     out, record = quick
-    monkeypatch.setattr(layouts, "run_one", lambda job: pytest.fail(f"trained again: {job['layout']}"))
-    monkeypatch.setattr(layouts, "bag_of_features", lambda *a: pytest.fail("baseline again"))
+    monkeypatch.setattr(layouts_run, "run_one", lambda job: pytest.fail(f"trained again: {job['layout']}"))
+    monkeypatch.setattr(layouts_run, "bag_of_features", lambda *a: pytest.fail("baseline again"))
     assert layout_study("quick", out)["runs"] == record["runs"]
 
 
@@ -89,8 +88,8 @@ def test_a_failed_gate_stops_before_the_rest_of_the_study_and_keeps_the_pilots(q
     record["settings"]["require_gate"] = True
     path.write_text(json.dumps(record))
     monkeypatch.setitem(layouts.PRESETS, "quick", {**QUICK, "require_gate": True})
-    monkeypatch.setattr(layouts, "gate", lambda r: {"passed": False, "reason": "no separation"})
-    monkeypatch.setattr(layouts, "run_one", lambda job: pytest.fail(f"trained past the gate: {job}"))
+    monkeypatch.setattr(layouts_run, "gate", lambda r: {"passed": False, "reason": "no separation"})
+    monkeypatch.setattr(layouts_run, "run_one", lambda job: pytest.fail(f"trained past the gate: {job}"))
     with pytest.raises(SystemExit, match="pilot gate did not pass .no separation.; the pilots are in"):
         main(["layouts", "--quick", "--out", str(tmp_path), "--quiet"])
     kept = json.loads(path.read_text())

@@ -15,7 +15,8 @@ from torch.utils.data import Subset
 
 import coatlib
 from coatlib.data import load
-from coatlib.train import HISTORY_KEYS, evaluate, fit, main, plot_history, warmup_cosine
+from coatlib.train import HISTORY_KEYS, evaluate, fit, main, warmup_cosine
+from coatlib.viz import plot_history
 
 FAST = dict(progress=False, batch_size=64, lr=3e-3)
 

@@ -6,7 +6,6 @@ import torch
 from matplotlib.colors import to_hex, to_rgba
 
 import coatlib
-from coatlib.diagrams import COLOURS, KIND_COLOUR
 from coatlib.flops import count_params
 from coatlib.viz import (
     draw_stages,
@@ -15,6 +14,7 @@ from coatlib.viz import (
     stage_legend,
     stage_table,
 )
+from coatlib.viz.diagrams import COLOURS, KIND_COLOUR
 
 
 def meta_model(name, **kw):
@@ -176,7 +176,7 @@ def test_plot_ideal_world_draws_the_mean_curve_and_chance():
 
 def test_study_plots_reject_what_is_not_a_study():
     for bad in ({}, {"runs": []}, [1, 2], {"experiment": "layout_sweep", "runs": [1]}):
-        with pytest.raises(ValueError, match="coatlib.studies.layouts.layout_study"):
+        with pytest.raises(ValueError, match="coatlib.studies.layouts_run.layout_study"):
             plot_layout_study(bad)
     with pytest.raises(ValueError, match="no finished real-world runs of 'local'"):
         plot_layout_study(fake_study(), task="local")

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from coatlib.studies import inside as inside_study
-from coatlib.studies import layouts
+from coatlib.studies import layouts, layouts_run
 from coatlib.studies.inside_record import update_inside_artefact
 from coatlib.studies.records import check_workers, results_folder
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     preset = "quick" if args.quick else "full" if args.full else "cpu"
     try:
         results_folder(args.out)
-        record = layouts.layout_study(
+        record = layouts_run.layout_study(
             preset,
             args.out,
             workers=args.workers,
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
             command=command,
             earlier=args.earlier,
         )
-    except layouts.GateFailed as e:
+    except layouts_run.GateFailed as e:
         raise SystemExit(f"the pilot gate did not pass ({e}); the pilots are in {args.out}") from None
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None

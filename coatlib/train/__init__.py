@@ -1,7 +1,7 @@
 """Training: one loop for a notebook, the command line, a GPU and ``torchrun``.
 
 ``fit(model, train_data, test_data, epochs, lr=..., ...)`` trains and returns the history
-(``loop``); ``evaluate`` measures a model on a data set and ``plot_history`` draws a history
+(``loop``), which ``coatlib.viz.plot_history`` draws; ``evaluate`` measures a model on a data set
 (``evaluation``); every input is checked before anything is written (``checks``).
 
 Checkpoints (``resume``) hold the model, optimizer, scheduler, epoch, history and every
@@ -37,7 +37,7 @@ from coatlib.train.checks import HYPERPARAMETERS, check_hyperparameters, describ
 from coatlib.train.command import cli, main
 from coatlib.train.distributed import distribute, init_distributed, supported_amp
 from coatlib.train.epoch import NonFiniteLoss, train_one_epoch
-from coatlib.train.evaluation import evaluate, plot_history
+from coatlib.train.evaluation import evaluate
 from coatlib.train.loop import HISTORY_KEYS, fit, warmup_cosine
 from coatlib.train.records import versions
 from coatlib.train.resume import SHARDED_STATE, load_training_checkpoint, save_checkpoint, save_sharded_checkpoint
@@ -49,7 +49,6 @@ __all__ = [
     "NonFiniteLoss",
     "HISTORY_KEYS",
     "evaluate",
-    "plot_history",
     "check_hyperparameters",
     "HYPERPARAMETERS",
     "describe_data",

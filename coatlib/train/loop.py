@@ -160,7 +160,7 @@ def fit(
     written after the last good epoch, is kept.
 
     The history maps each of ``HISTORY_KEYS`` to a list with one entry per
-    epoch; ``plot_history`` draws it. ``on_step(loss)``, if given, is called after every
+    epoch; ``coatlib.viz.plot_history`` draws it. ``on_step(loss)``, if given, is called after every
     optimiser step with that batch's training loss (this process's share), for curves finer
     than an epoch: the online loss of a run on fresh data, say.
 

@@ -8,7 +8,7 @@ a name in ``CONFIGS``), a layout and an image size, or of a built model
 is a text artist with a ``gid`` naming its part (``"stage-S3"``,
 ``"main-2"``, ``"shortcut-1"``, ``"bias"``, ...), which is what the tests read.
 
->>> from coatlib.diagrams import network_diagram
+>>> from coatlib.viz.diagrams import network_diagram
 >>> fig = network_diagram("coatnet_0", image_size=224)   # S0..S4 with L, D, heads and map sizes
 
 The diagrams:
@@ -38,7 +38,7 @@ __all__ = [
     "diagram_texts",
 ]
 
-DPI = 120
+DPI = 150  # the book's resolution (coatlib.viz.style)
 # Colours encode the kind of computation (with a legend), nothing else.
 COLOURS = {
     "input": "#eeeeee",
