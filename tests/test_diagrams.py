@@ -16,10 +16,7 @@ from matplotlib.figure import Figure  # noqa: E402
 import coatlib  # noqa: E402
 from coatlib.blocks import TransformerBlock  # noqa: E402
 from coatlib.models.coatnet import BLOCK_NAMES, CONFIGS  # noqa: E402
-from coatlib.viz import (
-    diagrams,  # noqa: E402
-    stage_table,  # noqa: E402
-)
+from coatlib.viz import diagrams, stage_table, swin  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -162,11 +159,11 @@ def test_relative_attention_diagram_puts_the_bias_before_or_after_the_softmax():
 
 @pytest.mark.parametrize("size,window,shift,pieces", [(8, 4, 2, 9), (8, 4, 1, 9), (12, 4, 2, 16), (56, 7, 3, 81)])
 def test_swin_window_labels(size, window, shift, pieces):
-    labels = diagrams.swin_window_labels(size, size, window, shift)
+    labels = swin.swin_window_labels(size, size, window, shift)
     assert len(np.unique(labels["regular"])) == (size // window) ** 2
     assert len(np.unique(labels["shifted"])) == pieces  # the shifted grid cuts windows at the border, no wrapping
     assert len(np.unique(labels["rolled"])) == 9
-    fig = diagrams.swin_windows_figure(size, size, window, shift) if size <= 12 else None
+    fig = swin.swin_windows_figure(size, size, window, shift) if size <= 12 else None
     if fig is not None:
         titles = {t.get_gid(): t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_gid") and a.get_gid())}
         assert f"{pieces} unequal pieces" in titles["title-shifted"]

@@ -1,8 +1,8 @@
 """Every figure of the library, in one place.
 
 * :mod:`~coatlib.viz.style`: the book's column, palette and text sizes (``use_book_style``);
-* :mod:`~coatlib.viz.diagrams`: block diagrams of CoAtNet drawn from its stage plan, and Swin's
-  windows;
+* :mod:`~coatlib.viz.diagrams`: block diagrams of CoAtNet drawn from its stage plan;
+* :mod:`~coatlib.viz.swin`: Swin's regular, shifted and rolled windows;
 * :mod:`~coatlib.viz.stages`: a built CoAtNet's stages, as a table and as bars (``draw_stages``);
 * :mod:`~coatlib.viz.inside`: bias tables, attention maps, receptive fields and depthwise kernels
   of a model, as measured by :mod:`coatlib.inspection`;
@@ -17,14 +17,13 @@ from coatlib.viz.diagrams import (
     mbconv_diagram,
     network_diagram,
     relative_attention_diagram,
-    swin_window_labels,
-    swin_windows_figure,
     transformer_diagram,
 )
 from coatlib.viz.inside import plot_attention, plot_bias_tables, plot_depthwise_kernels, plot_receptive_fields
 from coatlib.viz.stages import LEGEND, draw_stages, stage_legend, stage_table
 from coatlib.viz.studies import LAYOUT_STYLE, plot_ideal_world, plot_layout_study
 from coatlib.viz.style import COLUMN_WIDTH, MARKERS, PALETTE, use_book_style
+from coatlib.viz.swin import swin_window_labels, swin_windows_figure
 from coatlib.viz.training import plot_history
 
 __all__ = [
