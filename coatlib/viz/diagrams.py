@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from coatlib.viz.style import COLUMN_WIDTH, DPI
+
 __all__ = [
     "network_diagram",
     "mbconv_diagram",
@@ -36,7 +38,6 @@ __all__ = [
     "diagram_texts",
 ]
 
-DPI = 150  # the book's resolution (coatlib.viz.style)
 # Colours encode the kind of computation (with a legend), nothing else.
 COLOURS = {
     "input": "#eeeeee",
@@ -325,7 +326,7 @@ def _residual_figure(top, main, shortcut, bottom, title, kinds, second=None):
     from matplotlib.patches import Patch
 
     steps = len(main) + 2 + (len(second) + 1 if second else 0)
-    fig, ax = _new((7.5, 0.95 * steps + 1.3), (-3.4, 6.6), (-steps - 0.6, 1.0))
+    fig, ax = _new((COLUMN_WIDTH, 0.95 * steps + 1.3), (-3.4, 6.6), (-steps - 0.6, 1.0))
     font = 10  # the book's smallest text
 
     def box(x, y, step, gid):
@@ -404,7 +405,7 @@ def relative_attention_diagram(config="coatnet_0", stage: int = 3, image_size: i
     import matplotlib.pyplot as plt
 
     fs = 10
-    fig, axes = plt.subplots(1, 2, figsize=(7.5, 5.6), dpi=150, layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(COLUMN_WIDTH, 5.6), dpi=DPI, layout="constrained")
     fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.0)
     for ax, form in zip(axes, ("pre", "post")):
         ax.set_xlim(-1.45, 1.75)

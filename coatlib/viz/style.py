@@ -6,6 +6,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 
 COLUMN_WIDTH = 7.5  # inches: the book's text column
+DPI = 150  # 7.5 in at 150 dpi: 1,125 pixels for a column of about 780 CSS px
 
 # The Okabe-Ito palette (colour-blind safe), each colour paired with its own marker, so that a line
 # reads without its colour too.
@@ -13,8 +14,8 @@ PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#0
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 BOOK_STYLE = {
     "figure.figsize": (COLUMN_WIDTH, 3.6),
-    "figure.dpi": 150,  # 7.5 in at 150 dpi: 1,125 pixels for a column of about 780 CSS px
-    "savefig.dpi": 150,
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
     "figure.facecolor": "white",
     "savefig.facecolor": "white",
     "figure.constrained_layout.use": True,

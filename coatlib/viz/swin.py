@@ -7,6 +7,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
 
+from coatlib.viz.style import COLUMN_WIDTH, DPI
+
 
 def swin_window_labels(height: int = 8, width: int = 8, window: int = 4, shift: int = 2) -> dict[str, np.ndarray]:
     """Three ``(height, width)`` label maps of Swin's windows (chapter 6):
@@ -46,7 +48,7 @@ def swin_windows_figure(height: int = 8, width: int = 8, window: int = 4, shift:
     }
     light = plt.get_cmap("tab20").colors[1::2] + plt.get_cmap("Pastel2").colors  # light: the numbers stay legible
     palette = ListedColormap(light[: max(n_shifted, n_rolled, n_regular)])
-    fig, axes = plt.subplots(1, 3, figsize=(7.5, 3.2), dpi=150, layout="constrained")  # the book's column
+    fig, axes = plt.subplots(1, 3, figsize=(COLUMN_WIDTH, 3.2), dpi=DPI, layout="constrained")
     for ax, (key, values) in zip(axes, labels.items()):
         ax.imshow(values, cmap=palette, vmin=-0.5, vmax=palette.N - 0.5)  # colour = label, nothing else
         for r in range(height):
